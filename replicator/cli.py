@@ -1,0 +1,306 @@
+"""Command line: parse, call the library, format. Errors map to exit codes in one place."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from . import __version__, config as config_mod, layout
+from .config import Config, DbConfig, ReplicaConfig
+from .durations import format_timestamp, parse_timestamp
+from .errors import ConfigError, NothingToRestore, OutputExists, ReplicatorError
+from .plan import Target
+from .storage import Storage, open_storage
+
+log = logging.getLogger("replicator")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    for noisy in ("botocore", "boto3", "urllib3", "watchdog", "s3transfer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """One line on stderr and the error's exit code; tracebacks only for bugs."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ReplicatorError as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(err.exit_code)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def cli(verbose: bool) -> None:
+    """Continuous replication and point-in-time recovery for SQLite."""
+    _setup_logging(verbose)
+
+
+def main() -> None:
+    cli(prog_name="replicator")
+
+
+# -- helpers --------------------------------------------------------------------------
+
+
+def _load_config(path: str | None, required: bool) -> Config | None:
+    if path is None:
+        if not required and not os.path.exists(config_mod.DEFAULT_CONFIG_PATH):
+            return None
+        path = config_mod.DEFAULT_CONFIG_PATH
+    return config_mod.load(path)
+
+
+def _find_db(cfg: Config | None, db: str) -> DbConfig | None:
+    if cfg is None:
+        return None
+    want = str(Path(db).absolute())
+    return next((d for d in cfg.dbs if d.path == want), None)
+
+
+def _resolve_replica(target: str, config_path: str | None, replica_name: str | None) -> tuple[ReplicaConfig, DbConfig | None]:
+    """A replica URL, a replica directory, or a database path looked up in the config."""
+    if "://" in target:
+        cfg = _load_config(config_path, required=False)
+        for d in cfg.dbs if cfg else ():
+            for r in d.replicas:  # reuse the config's endpoint/credentials for the same URL
+                if r.url.rstrip("/") == target.rstrip("/"):
+                    return r, d
+        return config_mod.replica_from_url(target), None
+    p = Path(target)
+    if p.is_dir() and ((p / layout.REPLICA_META).exists() or (p / "generations").is_dir()):
+        return config_mod.replica_from_url(str(p.absolute())), None
+    cfg = _load_config(config_path, required=False)
+    db = _find_db(cfg, target)
+    if db is None:
+        where = f"in {cfg.source}" if cfg else "(no config: pass -c CONFIG)"
+        raise ConfigError(f"no replica configured for {target} {where}",
+                          "pass a replica URL such as file:///backups/app or s3://bucket/app")
+    if replica_name is None:
+        return db.replicas[0], db
+    for r in db.replicas:
+        if r.name == replica_name:
+            return r, db
+    raise ConfigError(f"{target} has no replica named {replica_name!r}",
+                      "names: " + ", ".join(r.name for r in db.replicas))
+
+
+def _run_daemon(config: Config) -> None:
+    from .daemon import Daemon
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    daemon = Daemon(config)
+    daemon.start()
+    for db in config.dbs:
+        log.info("replicating %s to %s", db.path, ", ".join(r.url for r in db.replicas))
+    daemon.wait(stop)
+    log.info("stopping: shipping everything committed so far")
+    ok = daemon.shutdown()
+    if not ok:
+        raise ReplicatorError("stopped with data not yet on every replica (it stays in the spool)")
+    log.info("stopped cleanly")
+
+
+# -- commands -------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("-c", "--config", "config_path", default=config_mod.DEFAULT_CONFIG_PATH, show_default=True)
+@handle_errors
+def run(config_path: str) -> None:
+    """Replicate every database in the config until SIGTERM/SIGINT."""
+    _run_daemon(config_mod.load(config_path))
+
+
+@cli.command()
+@click.argument("db")
+@click.argument("urls", nargs=-1, required=True)
+@handle_errors
+def replicate(db: str, urls: tuple[str, ...]) -> None:
+    """Replicate DB to each replica URL (no config file needed)."""
+    replicas = []
+    for i, url in enumerate(urls):
+        r = config_mod.replica_from_url(url)
+        replicas.append(config_mod.dataclasses.replace(r, name=f"{r.type}{i}" if i else r.type))
+    path = str(Path(db).absolute())
+    if not os.path.exists(path):
+        raise ConfigError(f"database not found: {path}")
+    _run_daemon(Config(dbs=(DbConfig(path=path, replicas=tuple(replicas)),)))
+
+
+@cli.command()
+@click.argument("target")
+@click.option("-o", "--output", help="Where to write the database (default: the database path).")
+@click.option("--timestamp", help="Restore the state at this time (RFC 3339).")
+@click.option("--txid", type=int, help="Restore the state right after this transaction.")
+@click.option("--if-db-not-exists", is_flag=True, help="Do nothing (exit 0) if the output exists.")
+@click.option("--if-replica-exists", is_flag=True, help="Do nothing (exit 0) if the replica is empty.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@click.option("--parallelism", type=click.IntRange(1, 64), default=8, show_default=True)
+@click.option("--replica", "replica_name", help="Which of the database's replicas (by name).")
+@click.option("-c", "--config", "config_path", help="Config file (to look up a database's replicas).")
+@handle_errors
+def restore(target: str, output: str | None, timestamp: str | None, txid: int | None,
+            if_db_not_exists: bool, if_replica_exists: bool, force: bool, parallelism: int,
+            replica_name: str | None, config_path: str | None) -> None:
+    """Restore TARGET (a database path or a replica URL) as of a point in time."""
+    from .restore import restore as do_restore
+
+    if timestamp and txid is not None:
+        raise ConfigError("give --timestamp or --txid, not both")
+    try:
+        time_ns = parse_timestamp(timestamp) if timestamp else None
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    replica, db = _resolve_replica(target, config_path, replica_name)
+    if output is None:
+        if db is None:
+            raise ConfigError("restoring from a replica URL needs -o OUTPUT")
+        output = db.path
+    if os.path.exists(output):
+        if if_db_not_exists:
+            click.echo(f"{output} exists; nothing restored")
+            return
+        if not force:
+            raise OutputExists(f"output file {output} already exists", "use --force to overwrite it")
+    storage = open_storage(replica)
+    try:
+        result = do_restore(storage, output, Target(txid, time_ns), force=force, parallelism=parallelism)
+    except NothingToRestore as err:
+        if if_replica_exists:
+            click.echo(f"{replica.url}: nothing to restore")
+            return
+        raise ReplicatorError(f"{replica.url}: {err}") from None
+    click.echo(f"restored {result.output} to txid {result.txid} ({format_timestamp(result.time_ns)}, "
+               f"generation {result.generation}, {result.db_size_pages * result.page_size:,} bytes, "
+               f"{result.segments} segments, {result.seconds:.2f}s); checksum and integrity_check ok")
+
+
+@cli.command()
+@click.argument("target")
+@click.option("--timestamp", help="Verify the state at this time (RFC 3339).")
+@click.option("--txid", type=int)
+@click.option("--replica", "replica_name")
+@click.option("-c", "--config", "config_path")
+@handle_errors
+def verify(target: str, timestamp: str | None, txid: int | None, replica_name: str | None,
+           config_path: str | None) -> None:
+    """Restore to a temporary file and prove it (checksum + integrity_check)."""
+    import tempfile
+
+    from .restore import restore as do_restore
+
+    try:
+        time_ns = parse_timestamp(timestamp) if timestamp else None
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    replica, _ = _resolve_replica(target, config_path, replica_name)
+    with tempfile.TemporaryDirectory(prefix="replicator-verify-") as d:
+        result = do_restore(open_storage(replica), Path(d) / "verify.db", Target(txid, time_ns))
+    click.echo(f"ok: {replica.url} restores to txid {result.txid} "
+               f"({format_timestamp(result.time_ns)}) in {result.seconds:.2f}s")
+
+
+@cli.command()
+@click.argument("db")
+@click.option("--name", help="A label kept in the snapshot's name, e.g. before-migration.")
+@click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds to wait.")
+@click.option("-c", "--config", "config_path")
+@handle_errors
+def snapshot(db: str, name: str | None, timeout: float, config_path: str | None) -> None:
+    """Take a snapshot of DB now (through the running daemon, or by itself if none runs)."""
+    from .snapshot_cmd import take_snapshot
+
+    if name is not None and not layout.SNAPSHOT_NAME.match(name):
+        raise ConfigError(f"invalid snapshot name {name!r} (letters, digits, . _ - ; up to 64)")
+    cfg = _load_config(config_path, required=False)
+    dbcfg = _find_db(cfg, db)
+    if dbcfg is None:
+        raise ConfigError(f"no replicas configured for {db}", "pass -c CONFIG")
+    txid = take_snapshot(dbcfg, name, timeout)
+    click.echo(f"snapshot of {dbcfg.path} at txid {txid}" + (f" named {name}" if name else ""))
+
+
+def _listing_command(kind: str):
+    @click.argument("target")
+    @click.option("--replica", "replica_name")
+    @click.option("-c", "--config", "config_path")
+    @handle_errors
+    def command(target: str, replica_name: str | None, config_path: str | None) -> None:
+        replica, _ = _resolve_replica(target, config_path, replica_name)
+        storage: Storage = open_storage(replica)
+        listing = layout.parse_listing(storage.list(layout.GENERATIONS))
+        click.echo(format_listing(listing, kind))
+
+    command.__doc__ = f"List the {kind} a replica holds (TARGET: database path or replica URL)."
+    return command
+
+
+def _ms(ms: int | None) -> str:
+    return format_timestamp(ms * 1_000_000) if ms is not None else "-"
+
+
+def format_listing(listing: layout.Listing, kind: str) -> str:
+    rows: list[tuple[str, ...]]
+    if kind == "generations":
+        header = ("generation", "snapshots", "segments", "txids", "start", "end", "bytes")
+        rows = [(g.name, str(len(g.snapshots)), str(len(g.segments)), f"{g.first_txid or '-'}-{g.last_txid or '-'}",
+                 _ms(g.start_ms), _ms(g.end_ms), f"{sum(s.size for s in g.snapshots + g.segments):,}")  # type: ignore[operator]
+                for g in listing.generations]
+    elif kind == "snapshots":
+        header = ("generation", "txid", "time", "bytes", "name")
+        rows = [(s.generation, str(s.txid), _ms(s.time_ms), f"{s.size:,}", s.name or "")
+                for g in listing.generations for s in g.snapshots]
+    else:
+        header = ("generation", "txids", "start", "end", "bytes")
+        rows = [(s.generation, f"{s.first_txid}-{s.last_txid}", _ms(s.t0_ms), _ms(s.t1_ms), f"{s.size:,}")
+                for g in listing.generations for s in g.segments]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    if not rows:
+        lines.append(f"(no {kind})")
+    return "\n".join(lines)
+
+
+for _kind in ("generations", "snapshots", "segments"):
+    cli.command(name=_kind)(_listing_command(_kind))
+
+
+@cli.command()
+def version() -> None:
+    """Print the version."""
+    click.echo(f"replicator {__version__}")
+
+
+@cli.command()
+@click.option("--dir", "directory", default="demo", show_default=True, help="Where the demo lives.")
+@click.option("--rate", type=float, default=50.0, show_default=True, help="Demo writes per second.")
+@click.option("--duration", type=float, default=0.0, help="Stop by itself after this many seconds.")
+@handle_errors
+def demo(directory: str, rate: float, duration: float) -> None:
+    """Replicate a demo database (with a demo writer) to a local replica; Ctrl-C stops."""
+    from .demo import run_demo
+
+    run_demo(Path(directory), rate, duration)
+
+
+if __name__ == "__main__":
+    main()

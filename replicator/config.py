@@ -1,0 +1,299 @@
+"""YAML configuration -> frozen dataclasses, validated once at load.
+
+Accepts Litestream's keys so an existing litestream.yml works unchanged. Every error names
+the key path (`dbs[0].replicas[1].retention: not a duration: "7 days"`). Nothing downstream
+reads raw dicts or the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlparse
+
+import yaml
+
+from .durations import parse_duration
+from .errors import ConfigError
+
+DEFAULT_CONFIG_PATH = "/etc/replicator.yml"
+DEFAULT_RETENTION_S = 720 * 3600.0  # 30 days: the window users expect from Litestream
+DEFAULT_SNAPSHOT_INTERVAL_S = 24 * 3600.0  # one full image a day bounds restore replay
+DEFAULT_FILE_SYNC_INTERVAL_S = 0.0  # local disk: ship on every wake-up (RPO of milliseconds)
+DEFAULT_S3_SYNC_INTERVAL_S = 1.0  # object stores: at most one PUT a second while writes flow
+DEFAULT_MONITOR_INTERVAL_S = 1.0  # fallback poll when no file event arrives
+MIN_CHECKPOINT_PAGES = 1000  # ~4 MB of WAL at 4 KiB pages: SQLite's own autocheckpoint size
+MAX_CHECKPOINT_PAGES = 200_000  # ~800 MB: past this an emergency TRUNCATE keeps the disk safe
+DEFAULT_BUSY_TIMEOUT_S = 5.0
+DEFAULT_CHECKPOINT_INTERVAL_S = 60.0  # idle checkpoint so a quiet WAL does not linger
+
+
+@dataclasses.dataclass(frozen=True)
+class S3Options:
+    bucket: str
+    prefix: str = ""
+    region: str | None = None
+    endpoint: str | None = None
+    force_path_style: bool = False
+    skip_verify: bool = False
+    access_key_id: str | None = dataclasses.field(default=None, repr=False)
+    secret_access_key: str | None = dataclasses.field(default=None, repr=False)
+    part_size: int = 16 << 20
+    concurrency: int = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplicaConfig:
+    """Where one database is replicated to and how often."""
+
+    name: str
+    url: str  # display form; never contains credentials
+    type: str  # "file" | "s3"
+    path: str | None = None  # file replicas: the root directory
+    s3: S3Options | None = None
+    retention_s: float = DEFAULT_RETENTION_S
+    retention_check_interval_s: float = 3600.0
+    snapshot_interval_s: float = DEFAULT_SNAPSHOT_INTERVAL_S
+    sync_interval_s: float = DEFAULT_FILE_SYNC_INTERVAL_S
+    validation_interval_s: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class DbConfig:
+    path: str
+    replicas: tuple[ReplicaConfig, ...]
+    monitor_interval_s: float = DEFAULT_MONITOR_INTERVAL_S
+    checkpoint_interval_s: float = DEFAULT_CHECKPOINT_INTERVAL_S
+    min_checkpoint_page_count: int = MIN_CHECKPOINT_PAGES
+    max_checkpoint_page_count: int = MAX_CHECKPOINT_PAGES
+    busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    dbs: tuple[DbConfig, ...]
+    addr: str | None = None
+    source: str | None = None  # the file it came from, for messages
+
+
+_TOP_KEYS = {"dbs", "addr", "access-key-id", "secret-access-key", "logging", "log-level",
+             "exec", "mcp-addr", "snapshot", "levels", "l0-retention", "l0-retention-check-interval",
+             "shutdown-sync-timeout", "shutdown-sync-interval"}
+_DB_KEYS = {"path", "replicas", "replica", "meta-path", "monitor-interval", "checkpoint-interval",
+            "min-checkpoint-page-count", "max-checkpoint-page-count", "busy-timeout",
+            "truncate-page-n", "dir", "pattern", "recursive", "watch"}
+_REPLICA_KEYS = {"url", "type", "name", "path", "bucket", "region", "endpoint", "force-path-style",
+                 "skip-verify", "access-key-id", "secret-access-key", "retention",
+                 "retention-check-interval", "snapshot-interval", "validation-interval",
+                 "sync-interval", "part-size", "concurrency", "sse-customer-algorithm",
+                 "sse-customer-key", "sse-customer-key-path", "sse-kms-key-id", "age"}
+_IGNORED = {"logging", "log-level", "exec", "mcp-addr", "snapshot", "levels", "l0-retention",
+            "l0-retention-check-interval", "shutdown-sync-timeout", "shutdown-sync-interval",
+            "meta-path", "truncate-page-n", "validation-interval", "dir", "pattern", "recursive",
+            "watch", "sse-customer-algorithm", "sse-customer-key", "sse-customer-key-path",
+            "sse-kms-key-id", "age"}
+_ENV = re.compile(r"\$(\{(\w+)\}|(\w+))")
+
+
+def expand_env(text: str, environ: dict[str, str]) -> str:
+    """Litestream expands $VAR and ${VAR} in the whole file before parsing; unset -> ''."""
+    return _ENV.sub(lambda m: environ.get(m.group(2) or m.group(3), ""), text)
+
+
+def load(path: str | os.PathLike, environ: dict[str, str] | None = None) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {p}", "pass -c PATH or create it") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {p}: {err.strerror}") from None
+    return parse(text, source=str(p), environ=os.environ if environ is None else environ)
+
+
+def parse(text: str, source: str = "<config>", environ: dict[str, str] | None = None) -> Config:
+    text = expand_env(text, dict(os.environ if environ is None else environ))
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{source}: YAML syntax error{where}: {problem}") from None
+    if raw is None:
+        raw = {}
+    return _Parser(source).config(raw)
+
+
+class _Parser:
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, key_path: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {key_path}: {message}")
+
+    def mapping(self, value: Any, key_path: str, allowed: set[str]) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(key_path or "(top level)", "expected a mapping")
+        for key in value:
+            if key not in allowed:
+                raise self.fail(f"{key_path}.{key}" if key_path else str(key), "unknown key")
+        return value
+
+    def duration(self, value: Any, key_path: str) -> float:
+        try:
+            return parse_duration(value)
+        except ValueError:
+            raise self.fail(key_path, f"not a duration: {value!r} (e.g. 720h, 1s, 250ms)") from None
+
+    def integer(self, value: Any, key_path: str, minimum: int = 0) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.fail(key_path, f"expected an integer >= {minimum}, got {value!r}")
+        return value
+
+    def boolean(self, value: Any, key_path: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(key_path, f"expected true or false, got {value!r}")
+        return value
+
+    def string(self, value: Any, key_path: str) -> str:
+        if not isinstance(value, str) or not value:
+            raise self.fail(key_path, f"expected a non-empty string, got {value!r}")
+        return value
+
+    def config(self, raw: Any) -> Config:
+        top = self.mapping(raw, "", _TOP_KEYS)
+        creds = (top.get("access-key-id") or None, top.get("secret-access-key") or None)
+        dbs_raw = top.get("dbs")
+        if dbs_raw is None:
+            raise self.fail("dbs", "missing: list at least one database")
+        if not isinstance(dbs_raw, list) or not dbs_raw:
+            raise self.fail("dbs", "expected a non-empty list of databases")
+        dbs = tuple(self.db(d, f"dbs[{i}]", creds) for i, d in enumerate(dbs_raw))
+        paths = [d.path for d in dbs]
+        for i, p in enumerate(paths):
+            if p in paths[:i]:
+                raise self.fail(f"dbs[{i}].path", f"duplicate database {p}")
+        addr = top.get("addr")
+        if addr is not None:
+            addr = self.string(addr, "addr")
+        return Config(dbs=dbs, addr=addr, source=self.source)
+
+    def db(self, raw: Any, kp: str, creds: tuple[str | None, str | None]) -> DbConfig:
+        d = self.mapping(raw, kp, _DB_KEYS)
+        if "path" not in d:
+            raise self.fail(f"{kp}.path", "missing")
+        path = str(Path(os.path.expanduser(self.string(d["path"], f"{kp}.path"))).absolute())
+        if "replica" in d and "replicas" in d:
+            raise self.fail(kp, "use either replica or replicas, not both")
+        if "replica" in d:
+            reps_raw, rkp = [d["replica"]], f"{kp}.replica"
+        else:
+            reps_raw, rkp = d.get("replicas"), f"{kp}.replicas"
+            if not isinstance(reps_raw, list) or not reps_raw:
+                raise self.fail(rkp, "expected a non-empty list of replicas")
+        replicas = []
+        for i, r in enumerate(reps_raw):
+            replicas.append(self.replica(r, f"{rkp}[{i}]" if "replicas" in d else rkp, creds, i))
+        names = [r.name for r in replicas]
+        for i, n in enumerate(names):
+            if n in names[:i]:
+                raise self.fail(f"{rkp}[{i}].name", f"duplicate replica name {n!r}")
+        kwargs: dict[str, Any] = {}
+        for key, attr, conv in (
+            ("monitor-interval", "monitor_interval_s", self.duration),
+            ("checkpoint-interval", "checkpoint_interval_s", self.duration),
+            ("busy-timeout", "busy_timeout_s", self.duration),
+            ("min-checkpoint-page-count", "min_checkpoint_page_count", lambda v, k: self.integer(v, k, 1)),
+            ("max-checkpoint-page-count", "max_checkpoint_page_count", lambda v, k: self.integer(v, k, 1)),
+        ):
+            if key in d:
+                kwargs[attr] = conv(d[key], f"{kp}.{key}")
+        cfg = DbConfig(path=path, replicas=tuple(replicas), **kwargs)
+        if cfg.max_checkpoint_page_count < cfg.min_checkpoint_page_count:
+            raise self.fail(f"{kp}.max-checkpoint-page-count", "must be >= min-checkpoint-page-count")
+        return cfg
+
+    def replica(self, raw: Any, kp: str, creds: tuple[str | None, str | None], index: int) -> ReplicaConfig:
+        r = self.mapping(raw, kp, _REPLICA_KEYS)
+        fields: dict[str, Any] = {}
+        if "url" in r:
+            base = replica_from_url(self.string(r["url"], f"{kp}.url"), error=lambda m: self.fail(f"{kp}.url", m))
+            rtype = base.type
+            fields.update(path=base.path, s3=base.s3, url=base.url)
+            if "type" in r and r["type"] != rtype:
+                raise self.fail(f"{kp}.type", f"{r['type']!r} contradicts url scheme {rtype!r}")
+        else:
+            rtype = r.get("type", "file")
+            if rtype == "file":
+                if "path" not in r:
+                    raise self.fail(f"{kp}.path", "missing (or give url)")
+                root = str(Path(os.path.expanduser(self.string(r["path"], f"{kp}.path"))).absolute())
+                fields.update(path=root, url=f"file://{root}")
+            elif rtype == "s3":
+                if "bucket" not in r:
+                    raise self.fail(f"{kp}.bucket", "missing (or give url)")
+                bucket = self.string(r["bucket"], f"{kp}.bucket")
+                prefix = str(r.get("path") or "").strip("/")
+                fields.update(s3=S3Options(bucket=bucket, prefix=prefix),
+                              url=f"s3://{bucket}/{prefix}".rstrip("/"))
+            else:
+                raise self.fail(f"{kp}.type", f"unsupported replica type {rtype!r} (file or s3)")
+        if rtype == "s3":
+            s3 = fields["s3"]
+            overrides: dict[str, Any] = {}
+            for key, attr in (("region", "region"), ("endpoint", "endpoint")):
+                if r.get(key):
+                    overrides[attr] = self.string(r[key], f"{kp}.{key}")
+            for key, attr in (("force-path-style", "force_path_style"), ("skip-verify", "skip_verify")):
+                if key in r:
+                    overrides[attr] = self.boolean(r[key], f"{kp}.{key}")
+            if "part-size" in r:
+                overrides["part_size"] = self.integer(r["part-size"], f"{kp}.part-size", 5 << 20)
+            if "concurrency" in r:
+                overrides["concurrency"] = self.integer(r["concurrency"], f"{kp}.concurrency", 1)
+            overrides["access_key_id"] = r.get("access-key-id") or s3.access_key_id or creds[0]
+            overrides["secret_access_key"] = r.get("secret-access-key") or s3.secret_access_key or creds[1]
+            if s3.endpoint is None and overrides.get("endpoint") and "force-path-style" not in r:
+                overrides["force_path_style"] = True  # S3-compatible stores rarely do virtual hosts
+            fields["s3"] = dataclasses.replace(s3, **overrides)
+            fields.setdefault("sync_interval_s", DEFAULT_S3_SYNC_INTERVAL_S)
+        for key, attr in (
+            ("retention", "retention_s"),
+            ("retention-check-interval", "retention_check_interval_s"),
+            ("snapshot-interval", "snapshot_interval_s"),
+            ("sync-interval", "sync_interval_s"),
+            ("validation-interval", "validation_interval_s"),
+        ):
+            if key in r:
+                fields[attr] = self.duration(r[key], f"{kp}.{key}")
+        name = r.get("name")
+        fields["name"] = self.string(name, f"{kp}.name") if name is not None else (rtype if index == 0 else f"{rtype}{index}")
+        return ReplicaConfig(type=rtype, **fields)
+
+
+def replica_from_url(url: str, error: Callable[[str], Exception] | None = None) -> ReplicaConfig:
+    """A replica from a URL (`file:///dir`, `s3://bucket/prefix`, or a bare directory path)."""
+    fail = error or (lambda m: ConfigError(f"{url}: {m}"))
+    parsed = urlparse(url)
+    if parsed.scheme in ("", "file"):
+        if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
+            raise fail("file URLs take an absolute path: file:///path/to/dir")
+        raw_path = parsed.path if parsed.scheme == "file" else url
+        if not raw_path:
+            raise fail("empty path")
+        root = str(Path(os.path.expanduser(raw_path)).absolute())
+        return ReplicaConfig(name="file", type="file", path=root, url=f"file://{root}")
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise fail("S3 URL without a bucket (expected s3://bucket/prefix)")
+        if parsed.username or parsed.password:
+            raise fail("credentials do not belong in the URL; use access-key-id/secret-access-key or the environment")
+        prefix = parsed.path.strip("/")
+        return ReplicaConfig(name="s3", type="s3", s3=S3Options(bucket=parsed.netloc, prefix=prefix),
+                             url=f"s3://{parsed.netloc}/{prefix}".rstrip("/"),
+                             sync_interval_s=DEFAULT_S3_SYNC_INTERVAL_S)
+    raise fail(f"unsupported replica URL scheme {parsed.scheme!r} (file or s3)")

@@ -1,0 +1,357 @@
+"""Orchestration for `run`: one worker per database, one shipper per replica, file events,
+timers and a graceful stop that ships everything committed before exiting.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from . import layout
+from .config import Config, DbConfig
+from .errors import ReplicatorError, SourceError
+from .replica import Shipper
+from .segment import SegmentEncoder, SnapshotWriter, Transaction
+from .source import ContinuityLost, Source, transactions
+from .spool import Spool
+from .storage import Storage, open_storage
+
+log = logging.getLogger(__name__)
+
+SEGMENT_MAX_PAGE_BYTES = 32 << 20  # split a large batch into segments of about this much data
+DRAIN_TIMEOUT_S = 30.0  # on stop, how long to keep shipping to a replica that is slow
+PAGE1_VOLATILE = (range(24, 28), range(92, 96))  # change counter, version-valid-for
+
+
+class DbReplicator:
+    """Tails one database into its spool and ships the spool to every replica."""
+
+    def __init__(self, cfg: DbConfig, storages: dict[str, Storage] | None = None,
+                 clock_ns: Callable[[], int] = time.time_ns):
+        self.cfg = cfg
+        self.clock_ns = clock_ns
+        self.source = Source(cfg.path, cfg.busy_timeout_s, clock_ns)
+        self.spool = Spool(cfg.path)
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.encoder = SegmentEncoder()
+        self.generation = ""
+        self.error: BaseException | None = None
+        self.last_snapshot_ns = 0
+        self.last_write_ns = clock_ns()
+        self._last_time_ns = 0
+        self.shippers = [
+            Shipper(r, (storages or {}).get(r.name) or open_storage(r), self.spool.objects, cfg.path,
+                    on_ack=self._prune)
+            for r in cfg.replicas
+        ]
+        self._thread: threading.Thread | None = None
+        self._prune_lock = threading.Lock()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.open()
+        self._thread = threading.Thread(target=self._run, name=f"tail-{Path(self.cfg.path).name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def open(self) -> None:
+        """Lock the spool, recover positions, start (or resume) the tail and the shippers."""
+        if not self.spool.try_lock():
+            raise ReplicatorError(f"{self.cfg.path} is already being replicated by another process",
+                                  f"see {self.spool.dir / 'lock'}")
+        for shipper in self.shippers:
+            shipper.recover()
+        self.source.open()
+        self._init_tail()
+        for shipper in self.shippers:
+            shipper.start()
+            shipper.wake.set()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake.set()
+
+    def join(self) -> bool:
+        """Wait for the final copy and for every replica to drain; True if all shipped."""
+        if self._thread:
+            self._thread.join()
+        drained = all([s.stop(DRAIN_TIMEOUT_S) for s in self.shippers])
+        self.source.close()
+        self.spool.unlock()
+        return drained and self.error is None
+
+    def _run(self) -> None:
+        try:
+            while not self.stopping.is_set():
+                self.wake.wait(self.cfg.monitor_interval_s)
+                self.wake.clear()
+                if self.stopping.is_set():
+                    break
+                self._step_safely()
+            self._copy_and_spool()  # final: everything committed so far
+        except BaseException as err:  # noqa: BLE001 - reported by join() and the CLI
+            log.exception("replication of %s stopped: %s", self.cfg.path, err)
+            self.error = err
+            self.stopping.set()
+
+    def _step_safely(self) -> None:
+        try:
+            self.step()
+        except ContinuityLost as err:
+            log.warning("%s: continuity lost (%s); starting a new generation", self.cfg.path, err)
+            self.source.close()
+            self.source.open()
+            self._new_generation()
+        except SourceError as err:
+            log.warning("%s: %s; will retry", self.cfg.path, err)
+
+    # -- the tail ----------------------------------------------------------------------
+
+    def _init_tail(self) -> None:
+        state = self.spool.load()
+        if state is not None and state.checksum.page_size == self.source.page_size:
+            with self.source.fence():
+                ok = self.source.resume(state.pos)
+            if ok:
+                self.generation = state.generation
+                self.source.checksum = state.checksum
+                self.last_snapshot_ns = self._recovered_snapshot_ns()
+                self._drop_spooled_after(state.pos.txid)
+                log.info("%s: resuming generation %s at txid %d", self.cfg.path, self.generation,
+                         state.pos.txid)
+                return
+            log.info("%s: cannot prove continuity with the last run; starting a new generation",
+                     self.cfg.path)
+        self._new_generation()
+
+    def _last_known_txid(self) -> int:
+        txids = [0]
+        state = self.spool.load()
+        if state is not None:
+            txids.append(state.pos.txid)
+        txids.append(layout.parse_listing(self.spool.objects.list(layout.GENERATIONS)).last_txid)
+        for s in self.shippers:
+            txids.extend(s.segments_upto.values())
+            txids.extend(t for _, t in s.snapshots)
+        return max(txids)
+
+    def _new_generation(self) -> None:
+        """A snapshot of the database as of mxFrame starts an unbroken run of history."""
+        txid = self._last_known_txid() + 1
+        now = self._now()
+        self.generation = layout.new_generation(now)
+        with self.source.fence():
+            self.source.advance_read()
+            hdr = self.source.start_position(txid)
+            page1 = self.source.page_at(1, hdr)
+        checksum = self._snapshot(txid, now, page1, expected=None, poll=lambda: None)
+        self.source.checksum = checksum
+        self.spool.save_base(self.generation, self.source.pos, checksum)
+        self.last_snapshot_ns = now
+        log.info("%s: generation %s started with a snapshot at txid %d (%d pages)", self.cfg.path,
+                 self.generation, txid, checksum.n_pages)
+        self._notify()
+
+    def snapshot_now(self, name: str | None = None) -> int:
+        """A snapshot in the current generation at the current txid; returns that txid."""
+        with self.source.fence():
+            copied = self.source.copy()
+            self.source.advance_read()
+            hdr = self.source.index_header()
+            page1 = self.source.page_at(1, hdr)
+            now = self._now()
+        self._spool_batch(copied)
+        assert self.source.checksum is not None and self.source.pos is not None
+        txid, expected = self.source.pos.txid, self.source.checksum.value
+        self._snapshot(txid, now, page1, expected=expected, poll=self._copy_and_spool, name=name)
+        self.last_snapshot_ns = now
+        log.info("%s: snapshot at txid %d", self.cfg.path, txid)
+        self._notify()
+        return txid
+
+    def _snapshot(self, txid: int, time_ns: int, page1: bytes, expected: int | None,
+                  poll: Callable[[], None], name: str | None = None):
+        ps = self.source.page_size
+        with tempfile.TemporaryDirectory(dir=self.spool.dir, prefix=".snap-") as tmpdir:
+            image = os.path.join(tmpdir, "image.db")
+            self.source.backup_to(image, poll)
+            size = os.path.getsize(image)
+            with open(image, "r+b") as f:
+                theirs = f.read(ps)
+                diff = [i for i in range(min(len(theirs), len(page1))) if theirs[i] != page1[i]]
+                if any(not any(i in r for r in PAGE1_VOLATILE) for i in diff):
+                    raise SourceError(f"{self.cfg.path}: page 1 of the backup differs from the WAL's "
+                                      f"beyond the change counter (bytes {diff[:8]})")
+                f.seek(0)
+                f.write(page1)  # the backup bumped the change counter: put the source's back
+                f.seek(0)
+                key = layout.snapshot_key(self.generation, txid, time_ns, name)
+                with self.spool.objects.writer(key) as out:
+                    writer = SnapshotWriter(out, self.generation, ps, txid, time_ns, size // ps)
+                    while chunk := f.read(4 << 20):
+                        writer.write_pages(chunk)
+                    value = writer.finish()
+        if expected is not None and value != expected:
+            raise SourceError(f"{self.cfg.path}: snapshot at txid {txid} does not match the tail's "
+                              f"checksum ({value:016x} != {expected:016x})")
+        return writer.checksum
+
+    def step(self) -> None:
+        """One wake-up: copy, maybe checkpoint, maybe snapshot."""
+        if self.source.replaced():
+            raise ContinuityLost("the database file was replaced")
+        copied = self._copy_and_spool()
+        now = self._now()
+        if copied:
+            self.last_write_ns = now
+        assert self.source.pos is not None
+        frames = self.source.pos.frame
+        idle_s = (now - self.last_write_ns) / 1e9
+        if frames >= self.cfg.min_checkpoint_page_count or (
+                frames > 0 and idle_s >= self.cfg.checkpoint_interval_s):
+            self.source.checkpoint(self._spool_batch)
+        interval = min(r.snapshot_interval_s for r in self.cfg.replicas)
+        if interval > 0 and (now - self.last_snapshot_ns) / 1e9 >= interval:
+            self.snapshot_now()
+        self._serve_requests()
+
+    def _copy_and_spool(self) -> int:
+        copied = self.source.copy()
+        self._spool_batch(copied)
+        return len(copied)
+
+    def _spool_batch(self, copied: list) -> None:
+        if not copied:
+            return
+        ck = self.source.checksum
+        assert ck is not None and self.source.pos is not None
+        changed: set[int] = set()
+        for _, _, pages in copied:
+            changed.update(pages)
+        txs = transactions(copied, ck, self._now())
+        for chunk in _chunks(txs, SEGMENT_MAX_PAGE_BYTES // self.source.page_size):
+            data = self.encoder.encode(self.generation, self.source.page_size, chunk)
+            key = layout.segment_key(self.generation, chunk[0].txid, chunk[-1].txid,
+                                     chunk[0].time_ns, chunk[-1].time_ns)
+            self.spool.objects.put(key, data)
+        self.spool.append(self.generation, self.source.pos, ck, changed)
+        self._notify()
+
+    def _now(self) -> int:
+        """Wall-clock ns, never going backwards (commit times must be monotonic for restore)."""
+        self._last_time_ns = max(self._last_time_ns + 1, self.clock_ns())
+        return self._last_time_ns
+
+    def _notify(self) -> None:
+        for s in self.shippers:
+            s.wake.set()
+
+    def _prune(self) -> None:
+        """Drop spooled objects that every replica holds."""
+        with self._prune_lock:
+            done = []
+            for obj in self.spool.objects.list(layout.GENERATIONS):
+                info = layout.parse_key(obj.key, obj.size)
+                if info is not None and all(s.has(info) for s in self.shippers):
+                    done.append(obj.key)
+            if done:
+                self.spool.objects.delete_many(done)
+
+    def _drop_spooled_after(self, txid: int) -> None:
+        """Spooled segments past the durable tail state are re-copied from the WAL."""
+        stale = []
+        for obj in self.spool.objects.list(layout.GENERATIONS):
+            info = layout.parse_key(obj.key, obj.size)
+            if isinstance(info, layout.SegmentInfo) and info.generation == self.generation and info.last_txid > txid:
+                stale.append(obj.key)
+        self.spool.objects.delete_many(stale)
+
+    def _recovered_snapshot_ns(self) -> int:
+        times = [t for s in self.shippers for g, t in s.snapshot_times.items() if g == self.generation]
+        return max(times) if times else self._now()
+
+    def _serve_requests(self) -> None:
+        for req in sorted(self.spool.requests_dir.glob("*.req")):
+            name = req.read_text().strip() or None
+            try:
+                txid = self.snapshot_now(name)
+                req.with_suffix(".done").write_text(str(txid))
+            except ReplicatorError as err:
+                req.with_suffix(".failed").write_text(str(err))
+            req.unlink(missing_ok=True)
+
+
+def _chunks(txs: list[Transaction], max_pages: int) -> list[list[Transaction]]:
+    out: list[list[Transaction]] = [[]]
+    n = 0
+    for tx in txs:
+        if out[-1] and n + len(tx.pages) > max_pages:
+            out.append([])
+            n = 0
+        out[-1].append(tx)
+        n += len(tx.pages)
+    return out
+
+
+class _WalEvents(FileSystemEventHandler):
+    """Wakes the worker whose -wal (or database file) changed; -shm produces no events."""
+
+    def __init__(self, by_path: dict[str, DbReplicator]):
+        self.by_path = by_path
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        r = self.by_path.get(os.fsdecode(event.src_path))
+        if r is not None:
+            r.wake.set()
+
+
+class Daemon:
+    """Every database of a config, each to each of its replicas."""
+
+    def __init__(self, config: Config, clock_ns: Callable[[], int] = time.time_ns):
+        self.config = config
+        self.replicators = [DbReplicator(db, clock_ns=clock_ns) for db in config.dbs]
+        self.observer = Observer()
+
+    def start(self) -> None:
+        by_path: dict[str, DbReplicator] = {}
+        started = []
+        try:
+            for r in self.replicators:
+                r.start()
+                started.append(r)
+                by_path[r.cfg.path + "-wal"] = r
+                by_path[r.cfg.path] = r
+        except BaseException:
+            for r in started:
+                r.stop()
+                r.join()
+            raise
+        handler = _WalEvents(by_path)
+        for d in {os.path.dirname(r.cfg.path) for r in self.replicators}:
+            self.observer.schedule(handler, d, recursive=False)
+        self.observer.start()
+
+    def wait(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            stop.wait(0.5)
+            if any(r.error is not None for r in self.replicators):
+                break
+
+    def shutdown(self) -> bool:
+        self.observer.stop()
+        for r in self.replicators:
+            r.stop()
+        ok = all([r.join() for r in self.replicators])
+        self.observer.join(timeout=5)
+        return ok

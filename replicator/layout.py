@@ -1,0 +1,145 @@
+"""Every key name of a replica: built and parsed here and nowhere else.
+
+    replica.json                                    format version, db name, page size
+    lease.json                                      single-writer lease
+    generations/<gen>/snapshots/<txid>_<ms>[_<name>].snap.zst
+    generations/<gen>/segments/<first>-<last>_<t0ms>-<t1ms>.seg.zst
+
+TXIDs are 16 hex digits and times 13-digit milliseconds, so lexical order is txid order and
+a listing alone is enough to plan any restore.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import re
+import secrets
+from typing import Iterable
+
+from .storage.base import ObjectInfo
+
+REPLICA_META = "replica.json"
+LEASE = "lease.json"
+GENERATIONS = "generations/"
+_GEN = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
+_SNAP = re.compile(r"^([0-9a-f]{16})_(\d{13})(?:_([A-Za-z0-9._-]{1,64}))?\.snap\.zst$")
+_SEG = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})_(\d{13})-(\d{13})\.seg\.zst$")
+SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def new_generation(now_ns: int, token: str | None = None) -> str:
+    """Sortable by creation time; the random suffix keeps two starts in one second apart."""
+    when = dt.datetime.fromtimestamp(now_ns / 1e9, dt.timezone.utc)
+    return when.strftime("%Y%m%dT%H%M%SZ") + "-" + (token or secrets.token_hex(3))
+
+
+def is_generation(name: str) -> bool:
+    return bool(_GEN.match(name))
+
+
+def _ms_floor(ns: int) -> int:
+    return ns // 1_000_000
+
+
+def _ms_ceil(ns: int) -> int:
+    return -(-ns // 1_000_000)
+
+
+def snapshot_key(gen: str, txid: int, time_ns: int, name: str | None = None) -> str:
+    suffix = f"_{name}" if name else ""
+    return f"{GENERATIONS}{gen}/snapshots/{txid:016x}_{_ms_floor(time_ns):013d}{suffix}.snap.zst"
+
+
+def segment_key(gen: str, first: int, last: int, t0_ns: int, t1_ns: int) -> str:
+    # t0 rounds down and t1 up, so a range test on names never excludes a needed segment.
+    return (f"{GENERATIONS}{gen}/segments/{first:016x}-{last:016x}_"
+            f"{_ms_floor(t0_ns):013d}-{_ms_ceil(t1_ns):013d}.seg.zst")
+
+
+@dataclasses.dataclass(frozen=True)
+class SnapshotInfo:
+    generation: str
+    txid: int
+    time_ms: int
+    name: str | None
+    key: str
+    size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentInfo:
+    generation: str
+    first_txid: int
+    last_txid: int
+    t0_ms: int
+    t1_ms: int
+    key: str
+    size: int
+
+
+@dataclasses.dataclass
+class Generation:
+    name: str
+    snapshots: list[SnapshotInfo] = dataclasses.field(default_factory=list)
+    segments: list[SegmentInfo] = dataclasses.field(default_factory=list)
+
+    @property
+    def first_txid(self) -> int | None:
+        return self.snapshots[0].txid if self.snapshots else None
+
+    @property
+    def last_txid(self) -> int | None:
+        txids = [s.txid for s in self.snapshots] + [s.last_txid for s in self.segments]
+        return max(txids) if txids else None
+
+    @property
+    def start_ms(self) -> int | None:
+        return self.snapshots[0].time_ms if self.snapshots else None
+
+    @property
+    def end_ms(self) -> int | None:
+        times = [s.time_ms for s in self.snapshots] + [s.t1_ms for s in self.segments]
+        return max(times) if times else None
+
+
+@dataclasses.dataclass
+class Listing:
+    """What a replica holds, parsed from one LIST; generations in creation order."""
+
+    generations: list[Generation]
+    unknown: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def last_txid(self) -> int:
+        return max((g.last_txid or 0 for g in self.generations), default=0)
+
+
+def parse_key(key: str, size: int = 0) -> SnapshotInfo | SegmentInfo | None:
+    parts = key.split("/")
+    if len(parts) != 4 or parts[0] != "generations" or not is_generation(parts[1]):
+        return None
+    gen, kind, name = parts[1], parts[2], parts[3]
+    if kind == "snapshots" and (m := _SNAP.match(name)):
+        return SnapshotInfo(gen, int(m.group(1), 16), int(m.group(2)), m.group(3), key, size)
+    if kind == "segments" and (m := _SEG.match(name)):
+        return SegmentInfo(gen, int(m.group(1), 16), int(m.group(2), 16), int(m.group(3)),
+                           int(m.group(4)), key, size)
+    return None
+
+
+def parse_listing(objects: Iterable[ObjectInfo]) -> Listing:
+    gens: dict[str, Generation] = {}
+    unknown: list[str] = []
+    for obj in objects:
+        info = parse_key(obj.key, obj.size)
+        if info is None:
+            if obj.key not in (REPLICA_META, LEASE):
+                unknown.append(obj.key)
+            continue
+        g = gens.setdefault(info.generation, Generation(info.generation))
+        (g.snapshots if isinstance(info, SnapshotInfo) else g.segments).append(info)  # type: ignore[arg-type]
+    for g in gens.values():
+        g.snapshots.sort(key=lambda s: (s.txid, s.time_ms))
+        g.segments.sort(key=lambda s: (s.first_txid, s.last_txid))
+    return Listing([gens[k] for k in sorted(gens)], unknown)

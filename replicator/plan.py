@@ -1,0 +1,113 @@
+"""Pure restore planning: from a listing and a target to the objects a restore needs.
+
+No I/O: everything comes from object names (see layout.py), so a plan costs one LIST.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .durations import format_timestamp
+from .errors import NothingToRestore, RestoreError
+from .layout import Generation, Listing, SegmentInfo, SnapshotInfo
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """What to restore to: a txid, a time (ns since epoch), or neither for the latest."""
+
+    txid: int | None = None
+    time_ns: int | None = None
+
+    def describe(self) -> str:
+        if self.txid is not None:
+            return f"txid {self.txid}"
+        if self.time_ns is not None:
+            return format_timestamp(self.time_ns)
+        return "latest"
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    generation: str
+    snapshot: SnapshotInfo
+    segments: tuple[SegmentInfo, ...]
+    stop_txid: int | None  # apply transactions up to and including this txid
+    stop_time_ns: int | None  # ...and only those observed at or before this time
+    expected_txid: int | None  # known from names for txid/latest targets
+
+
+def _restorable(listing: Listing) -> list[Generation]:
+    return [g for g in listing.generations if g.snapshots]
+
+
+def _ms_to_ns(ms: int) -> int:
+    return ms * 1_000_000
+
+
+def plan_restore(listing: Listing, target: Target, now_ns: int | None = None) -> Plan:
+    gens = _restorable(listing)
+    if not gens:
+        raise NothingToRestore("replica holds no snapshot: nothing to restore")
+    if target.txid is not None:
+        gen = _generation_for_txid(gens, target.txid)
+        snaps = [s for s in gen.snapshots if s.txid <= target.txid]
+        snapshot = snaps[-1]
+        end_txid = target.txid
+    elif target.time_ns is not None:
+        gen = _generation_for_time(gens, target.time_ns, now_ns)
+        snapshot = _snapshot_for_time(gen, target.time_ns)
+        end_txid = gen.last_txid or snapshot.txid
+    else:
+        gen = max(gens, key=lambda g: (g.last_txid or 0, g.name))
+        snapshot = gen.snapshots[-1]
+        end_txid = gen.last_txid or snapshot.txid
+    segments = _chain(gen, snapshot.txid, end_txid, target.time_ns)
+    expected = None if target.time_ns is not None else end_txid
+    return Plan(gen.name, snapshot, tuple(segments), end_txid, target.time_ns, expected)
+
+
+def _generation_for_txid(gens: list[Generation], txid: int) -> Generation:
+    for gen in reversed(gens):
+        if (gen.first_txid or 0) <= txid <= (gen.last_txid or 0):
+            return gen
+    ranges = ", ".join(f"{g.first_txid}-{g.last_txid}" for g in gens)
+    raise RestoreError(f"txid {txid} is not in the replica", f"restorable txids: {ranges}")
+
+
+def _generation_for_time(gens: list[Generation], time_ns: int, now_ns: int | None) -> Generation:
+    earliest = min(_ms_to_ns(g.start_ms or 0) for g in gens)
+    if time_ns < earliest:
+        raise RestoreError(f"{format_timestamp(time_ns)} is before the earliest restorable point",
+                           f"earliest is {format_timestamp(earliest)}")
+    if now_ns is not None and time_ns > now_ns:
+        raise RestoreError(f"{format_timestamp(time_ns)} is in the future",
+                           "omit --timestamp to restore the latest state")
+    candidates = [g for g in gens if _ms_to_ns(g.start_ms or 0) <= time_ns]
+    return candidates[-1]
+
+
+def _snapshot_for_time(gen: Generation, time_ns: int) -> SnapshotInfo:
+    # Names hold milliseconds rounded down: a snapshot in the target's own millisecond may
+    # be later than the target, so prefer one strictly earlier when there is one.
+    strict = [s for s in gen.snapshots if _ms_to_ns(s.time_ms + 1) <= time_ns]
+    if strict:
+        return strict[-1]
+    return [s for s in gen.snapshots if _ms_to_ns(s.time_ms) <= time_ns][0]
+
+
+def _chain(gen: Generation, after_txid: int, end_txid: int, time_ns: int | None) -> list[SegmentInfo]:
+    """Segments covering after_txid+1..end_txid; overlaps (from re-uploads) are allowed."""
+    chain: list[SegmentInfo] = []
+    pos = after_txid
+    while pos < end_txid:
+        covering = [s for s in gen.segments if s.first_txid <= pos + 1 <= s.last_txid]
+        if not covering:
+            raise RestoreError(f"replica is missing transactions after txid {pos} in generation {gen.name}",
+                               f"restore with --txid {pos} to get what is there")
+        best = max(covering, key=lambda s: s.last_txid)
+        if time_ns is not None and _ms_to_ns(best.t0_ms) > time_ns:
+            break  # every transaction in it is after the target
+        chain.append(best)
+        pos = best.last_txid
+    return chain

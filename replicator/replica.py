@@ -1,0 +1,205 @@
+"""Ships one database's spooled objects to one replica storage, in order.
+
+Positions live in memory (recovered from one LIST at start); the steady state never LISTs.
+With a sync interval, consecutive spooled segments are merged into one object per interval
+(concatenated zstd frames: no recompression), so PUTs are bounded by the interval, not the
+write rate. Failures keep everything in the spool; the outage is logged once per interval.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from typing import Callable
+
+from . import layout, segment
+from .config import ReplicaConfig
+from .layout import SegmentInfo, SnapshotInfo
+from .storage import Storage, StorageError, Transient
+
+log = logging.getLogger(__name__)
+
+MAX_MERGED_BYTES = 64 << 20  # one merged segment at most: bounds upload memory and retry cost
+OUTAGE_LOG_INTERVAL_S = 60.0  # one line per minute while a replica is unreachable
+RETRY_DELAY_S = (0.1, 5.0)  # backoff between failed upload rounds (min, max)
+REQUEST_LOG_INTERVAL_S = 60.0
+
+
+class Shipper:
+    """One replica's uploader thread."""
+
+    def __init__(self, cfg: ReplicaConfig, storage: Storage, spool_objects: Storage,
+                 db_name: str, on_ack: Callable[[], None],
+                 clock: Callable[[], float] = time.monotonic):
+        self.cfg = cfg
+        self.storage = storage
+        self.spool = spool_objects
+        self.db_name = db_name
+        self.on_ack = on_ack
+        self.clock = clock
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.snapshots: set[tuple[str, int]] = set()  # (generation, txid) present remotely
+        self.segments_upto: dict[str, int] = {}  # generation -> highest txid present remotely
+        self.snapshot_times: dict[str, int] = {}  # generation -> newest snapshot time (ns)
+        self.last_error: str | None = None
+        self.shipped_txid = 0
+        self.shipped_generation: str | None = None
+        self._outage_logged = -1e18
+        self._thread: threading.Thread | None = None
+        self._meta_written = False
+        self._requests_logged = clock()
+
+    # -- state ---------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """One LIST at start: what the replica already holds (raises on permanent errors)."""
+        listing = layout.parse_listing(self.storage.list(layout.GENERATIONS))
+        for gen in listing.generations:
+            for snap in gen.snapshots:
+                self.snapshots.add((gen.name, snap.txid))
+                self.snapshot_times[gen.name] = max(self.snapshot_times.get(gen.name, 0),
+                                                    snap.time_ms * 1_000_000)
+            if gen.segments:
+                self.segments_upto[gen.name] = max(s.last_txid for s in gen.segments)
+
+    def has(self, info: SnapshotInfo | SegmentInfo) -> bool:
+        with self.lock:
+            if isinstance(info, SnapshotInfo):
+                return (info.generation, info.txid) in self.snapshots
+            return self.segments_upto.get(info.generation, -1) >= info.last_txid
+
+    def _mark(self, info: SnapshotInfo | SegmentInfo) -> None:
+        with self.lock:
+            if isinstance(info, SnapshotInfo):
+                self.snapshots.add((info.generation, info.txid))
+                txid = info.txid
+            else:
+                self.segments_upto[info.generation] = max(self.segments_upto.get(info.generation, 0),
+                                                          info.last_txid)
+                txid = info.last_txid
+            self.shipped_generation, self.shipped_txid = info.generation, txid
+
+    # -- thread --------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"ship-{self.cfg.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self, drain_timeout_s: float) -> bool:
+        """Ship what is spooled (within the timeout), then stop. True if fully drained."""
+        deadline = self.clock() + drain_timeout_s
+        while self.clock() < deadline and self.pending() and self.last_error is None:
+            self.wake.set()
+            time.sleep(0.01)
+        self.stopping.set()
+        self.wake.set()
+        if self._thread:
+            self._thread.join(timeout=max(0.0, deadline - self.clock()) + 5)
+        return not self.pending()
+
+    def _run(self) -> None:
+        delay, retrying = RETRY_DELAY_S[0], False
+        while not self.stopping.is_set():
+            if not retrying:
+                self.wake.wait()
+            self.wake.clear()
+            try:
+                self.ship_pending()
+                if self.last_error is not None:
+                    log.info("replica %s reachable again; caught up", self.storage.url)
+                self.last_error, retrying, delay = None, False, RETRY_DELAY_S[0]
+            except StorageError as err:
+                self._note_failure(err)
+                self.stopping.wait(delay)
+                delay, retrying = min(RETRY_DELAY_S[1], delay * 2), True
+            self._log_requests()
+            if self.cfg.sync_interval_s > 0 and not retrying:
+                self.stopping.wait(self.cfg.sync_interval_s)  # at most one round per interval
+
+    def _note_failure(self, err: StorageError) -> None:
+        self.last_error = str(err)
+        now = self.clock()
+        if now - self._outage_logged >= OUTAGE_LOG_INTERVAL_S:
+            kind = "unreachable" if isinstance(err, Transient) else "failing"
+            log.warning("replica %s %s, keeping data in the spool: %s", self.storage.url, kind, err)
+            self._outage_logged = now
+
+    def _log_requests(self) -> None:
+        now = self.clock()
+        counts = getattr(self.storage, "requests", None)
+        if counts is not None and now - self._requests_logged >= REQUEST_LOG_INTERVAL_S:
+            log.debug("replica %s requests so far: %s", self.storage.url, dict(counts))
+            self._requests_logged = now
+
+    # -- shipping ------------------------------------------------------------------
+
+    def pending(self) -> list[SnapshotInfo | SegmentInfo]:
+        """Spooled objects this replica does not have yet, in shipping order."""
+        out = []
+        for obj in self.spool.list(layout.GENERATIONS):
+            info = layout.parse_key(obj.key, obj.size)
+            if info is not None and not self.has(info):
+                out.append(info)
+        return sorted(out, key=_order)
+
+    def ship_pending(self) -> None:
+        self._write_meta()
+        todo = self.pending()
+        i = 0
+        while i < len(todo):
+            info = todo[i]
+            if isinstance(info, SnapshotInfo):
+                with self.spool.open(info.key) as f:
+                    self.storage.put(info.key, f)
+                self._mark(info)
+                i += 1
+            else:
+                run = [info]
+                if self.cfg.sync_interval_s > 0:  # merge a consecutive run into one object
+                    size = info.size
+                    while (i + len(run) < len(todo) and isinstance(todo[i + len(run)], SegmentInfo)
+                           and todo[i + len(run)].generation == info.generation
+                           and todo[i + len(run)].first_txid == run[-1].last_txid + 1
+                           and size + todo[i + len(run)].size <= MAX_MERGED_BYTES):
+                        run.append(todo[i + len(run)])
+                        size += run[-1].size
+                self._put_segments(run)
+                i += len(run)
+            self.on_ack()
+
+    def _put_segments(self, run: list[SegmentInfo]) -> None:
+        datas = [self.spool.get(s.key) for s in run]
+        if len(run) == 1:
+            key, data = run[0].key, datas[0]
+        else:
+            data = segment.merge_segments(datas, [s.key for s in run])
+            h = segment.parse_header(data)
+            key = layout.segment_key(run[0].generation, h.first_txid, h.last_txid,
+                                     h.first_time_ns, h.last_time_ns)
+        self.storage.put(key, data)
+        merged = layout.parse_key(key, len(data))
+        assert isinstance(merged, SegmentInfo)
+        self._mark(merged)
+        log.debug("replica %s: shipped %s (txid %d-%d)", self.cfg.name, key,
+                  merged.first_txid, merged.last_txid)
+
+    def _write_meta(self) -> None:
+        if self._meta_written:
+            return
+        try:
+            self.storage.stat(layout.REPLICA_META)
+        except StorageError:
+            meta = {"format_version": segment.FORMAT_VERSION, "db": os.path.basename(self.db_name)}
+            self.storage.put(layout.REPLICA_META, json.dumps(meta).encode())
+        self._meta_written = True
+
+
+def _order(info: SnapshotInfo | SegmentInfo) -> tuple[str, int, int]:
+    if isinstance(info, SnapshotInfo):
+        return (info.generation, info.txid, 0)
+    return (info.generation, info.first_txid, 1)

@@ -1,0 +1,350 @@
+"""One live database: the held read transaction, the copy loop, checkpoints, snapshots.
+
+The invariant this module keeps (docs/design.md section 4): R holds a read transaction at
+all times except inside a fence (W holds the write lock), and R re-opens only after every
+frame up to mxFrame has been copied. A committed frame is destroyed only by a WAL restart
+or a TRUNCATE checkpoint, and both are impossible while R holds its read mark, so no
+committed frame is ever missed, whatever checkpoints the application runs.
+
+Never close a descriptor on the database, -wal or -shm while R/W are open: POSIX advisory
+locks belong to the process, and closing *any* descriptor of a file drops all of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import mmap
+import os
+import time
+from typing import Callable, Iterator
+
+import apsw
+
+from . import wal
+from .dbhash import DbChecksum
+from .errors import SourceError
+from .segment import Transaction
+
+log = logging.getLogger(__name__)
+
+MAX_READ_BYTES = 64 << 20  # one pread of WAL frames at most; bounds memory per copy
+SHM_RETRIES = 1000  # torn wal-index reads are retried (a writer updates it in ~µs)
+BACKUP_STEP_PAGES = 4096  # 16 MiB at 4 KiB pages between copy-loop polls during a snapshot
+
+
+class ContinuityLost(Exception):
+    """The WAL no longer proves that nothing was missed: a new generation must start."""
+
+
+@dataclasses.dataclass
+class Position:
+    """Where the copy loop stands in the WAL, and the txid of the last copied commit."""
+
+    salts: tuple[int, int]
+    frame: int  # last copied frame (a commit frame), 0 = none in this WAL
+    frame_cksum: tuple[int, int]  # cumulative checksum stored in that frame
+    txid: int
+
+
+class Source:
+    def __init__(self, path: str, busy_timeout_s: float = 5.0,
+                 clock_ns: Callable[[], int] = time.time_ns):
+        self.path = path
+        self.wal_path = path + "-wal"
+        self.shm_path = path + "-shm"
+        self.busy_timeout_ms = int(busy_timeout_s * 1000)
+        self.clock_ns = clock_ns
+        self.R: apsw.Connection | None = None
+        self.W: apsw.Connection | None = None
+        self._wal_fd = -1
+        self._db_fd = -1
+        self._shm: mmap.mmap | None = None
+        self._shm_fd = -1
+        self.db_ident: tuple[int, int] | None = None
+        self.page_size = 0
+        self.pos: Position | None = None
+        self.checksum: DbChecksum | None = None
+        self._reading = False
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open R and W, put the database in WAL mode, then the raw descriptors."""
+        if not os.path.exists(self.path):
+            raise SourceError(f"database not found: {self.path}")
+        with open(self.path, "rb") as f:
+            head = f.read(16)
+        if head and head != b"SQLite format 3\x00":
+            raise SourceError(f"not a SQLite database: {self.path}")
+        try:
+            self.W = self._connect()
+            mode = self.W.execute("PRAGMA journal_mode").fetchall()[0][0]
+            if mode.lower() != "wal":
+                mode = self.W.execute("PRAGMA journal_mode=wal").fetchall()[0][0]
+                if mode.lower() != "wal":
+                    raise SourceError(f"cannot switch {self.path} to WAL mode (journal_mode={mode})")
+            self.R = self._connect()
+            self._begin_read()
+        except apsw.Error as err:
+            self.close()
+            raise SourceError(f"cannot open {self.path}: {err}") from None
+        # Descriptors only after SQLite holds its own: see the module docstring.
+        self._db_fd = os.open(self.path, os.O_RDONLY)
+        self._wal_fd = os.open(self.wal_path, os.O_RDONLY)
+        self._shm_fd = os.open(self.shm_path, os.O_RDONLY)
+        self._shm = mmap.mmap(self._shm_fd, wal.SHM_HEADER_SIZE, mmap.MAP_SHARED, mmap.PROT_READ)
+        st = os.fstat(self._db_fd)
+        self.db_ident = (st.st_dev, st.st_ino)
+        self.page_size = self.W.execute("PRAGMA page_size").fetchall()[0][0]
+
+    def _connect(self) -> apsw.Connection:
+        conn = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READWRITE)
+        conn.set_busy_timeout(self.busy_timeout_ms)
+        conn.wal_autocheckpoint(0)  # only the two-phase sequence below checkpoints
+        return conn
+
+    def close(self) -> None:
+        """Connections first, descriptors after: closing a descriptor drops SQLite's locks."""
+        for conn in (self.R, self.W):
+            if conn is not None:
+                with contextlib.suppress(apsw.Error):
+                    conn.close()
+        self.R = self.W = None
+        self._reading = False
+        if self._shm is not None:
+            self._shm.close()
+            self._shm = None
+        for fd in (self._wal_fd, self._db_fd, self._shm_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._wal_fd = self._db_fd = self._shm_fd = -1
+
+    def replaced(self) -> bool:
+        """True when the path now names another file (restored over, moved away)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        return (st.st_dev, st.st_ino) != self.db_ident
+
+    # -- locks -----------------------------------------------------------------------
+
+    def _begin_read(self) -> None:
+        assert self.R is not None
+        self.R.execute("BEGIN")
+        self.R.execute("SELECT count(*) FROM sqlite_schema").fetchall()  # apsw is lazy: consume
+        self._reading = True
+
+    def _end_read(self) -> None:
+        assert self.R is not None
+        self.R.execute("COMMIT")
+        self._reading = False
+
+    @contextlib.contextmanager
+    def fence(self) -> Iterator[None]:
+        """Hold the write lock: no commit can happen inside, so mxFrame stands still."""
+        assert self.W is not None
+        try:
+            self.W.execute("BEGIN IMMEDIATE")
+        except apsw.BusyError:
+            raise SourceError(f"{self.path}: could not take the write lock within "
+                              f"{self.busy_timeout_ms} ms (a long write transaction?)") from None
+        try:
+            yield
+        finally:
+            self.W.execute("ROLLBACK")
+
+    # -- reading the WAL -------------------------------------------------------------
+
+    def index_header(self) -> wal.IndexHeader:
+        assert self._shm is not None
+        for _ in range(SHM_RETRIES):
+            try:
+                return wal.parse_shm_header(self._shm[: wal.SHM_HEADER_SIZE])
+            except wal.TornRead:
+                time.sleep(0)
+        raise SourceError(f"{self.shm_path}: wal-index header never read consistently")
+
+    def start_position(self, txid: int) -> wal.IndexHeader:
+        """Call inside a fence with R freshly opened: the position is mxFrame itself."""
+        hdr = self.index_header()
+        frame_ck = hdr.frame_cksum if hdr.mx_frame else (0, 0)
+        self.pos = Position((hdr.salt1, hdr.salt2), hdr.mx_frame, frame_ck, txid)
+        return hdr
+
+    def resume(self, saved: Position) -> bool:
+        """Prove the WAL still holds the saved frame with the saved salts and checksum."""
+        hdr = self.index_header()
+        if (hdr.salt1, hdr.salt2) != saved.salts or hdr.mx_frame < saved.frame:
+            return False
+        if saved.frame:
+            raw = os.pread(self._wal_fd, wal.FRAME_HEADER_SIZE, wal.frame_offset(saved.frame, self.page_size))
+            if len(raw) < wal.FRAME_HEADER_SIZE:
+                return False
+            fh = wal.parse_frame_header(raw)
+            if (fh.salt1, fh.salt2) != saved.salts or (fh.cksum1, fh.cksum2) != saved.frame_cksum:
+                return False
+            if not fh.commit_size:
+                return False
+        self.pos = dataclasses.replace(saved)
+        return True
+
+    def copy(self) -> list[tuple[int, int, dict[int, memoryview]]]:
+        """Read every transaction committed since the last call.
+
+        Returns (txid, db_size, pages) per commit and advances the position. Raises
+        ContinuityLost if the WAL was restarted in a way the invariant cannot explain.
+        """
+        assert self.pos is not None
+        out: list[tuple[int, int, dict[int, memoryview]]] = []
+        while True:
+            hdr = self.index_header()
+            if (hdr.salt1, hdr.salt2) != self.pos.salts:
+                # A restart: legal only once everything was copied and backfilled, which the
+                # invariant guarantees; carry on from frame 1 of the new WAL.
+                if self.pos.frame and not self._fully_copied_before_restart():
+                    raise ContinuityLost("WAL restarted before all frames were copied")
+                self.pos = Position((hdr.salt1, hdr.salt2), 0, (0, 0), self.pos.txid)
+            if hdr.mx_frame < self.pos.frame:
+                raise ContinuityLost(f"mxFrame went back from {self.pos.frame} to {hdr.mx_frame}")
+            if hdr.mx_frame == self.pos.frame:
+                return out
+            if hdr.page_size != self.page_size:
+                raise ContinuityLost(f"page size changed from {self.page_size} to {hdr.page_size}")
+            batch = self._read_frames(hdr)
+            if batch is None:
+                continue  # the WAL restarted under us: re-read the header
+            out.extend(batch)
+            if self.pos.frame >= hdr.mx_frame:
+                return out
+
+    def _fully_copied_before_restart(self) -> bool:
+        # We cannot see the old WAL any more; the invariant (R held its mark) is the proof.
+        return self._reading
+
+    def _read_frames(self, hdr: wal.IndexHeader) -> list[tuple[int, int, dict[int, memoryview]]] | None:
+        """Copy whole transactions from pos+1, at most MAX_READ_BYTES unless one is larger."""
+        assert self.pos is not None
+        ps = self.page_size
+        fsz = wal.FRAME_HEADER_SIZE + ps
+        available = hdr.mx_frame - self.pos.frame
+        n = min(available, max(1, MAX_READ_BYTES // fsz))
+        while True:
+            start = self.pos.frame + 1
+            data = os.pread(self._wal_fd, n * fsz, wal.frame_offset(start, ps))
+            again = self.index_header()
+            if (again.salt1, again.salt2) != self.pos.salts:
+                return None  # seqlock: the frames may belong to the new WAL
+            if len(data) != n * fsz:
+                raise ContinuityLost(f"WAL shorter than mxFrame ({len(data)} < {n * fsz} bytes)")
+            txs = self._parse_frames(data, n, start)
+            if txs or n == available:
+                break
+            n = min(available, n * 2)  # one transaction larger than a read: widen and retry
+        if not txs:
+            raise ContinuityLost(f"frame {hdr.mx_frame} (mxFrame) is not a commit frame")
+        return txs
+
+    def _parse_frames(self, data: bytes, n: int, start: int) -> list[tuple[int, int, dict[int, memoryview]]]:
+        assert self.pos is not None
+        fsz = wal.FRAME_HEADER_SIZE + self.page_size
+        mv = memoryview(data)
+        salts = self.pos.salts
+        txs: list[tuple[int, int, dict[int, memoryview]]] = []
+        pages: dict[int, memoryview] = {}
+        txid = self.pos.txid
+        last_commit = None
+        unpack = wal.FRAME_HEADER.unpack_from
+        for i in range(n):
+            off = i * fsz
+            pgno, commit, s1, s2, c1, c2 = unpack(data, off)
+            if (s1, s2) != salts:
+                raise ContinuityLost(f"frame {start + i} has salts of another WAL")
+            pages[pgno] = mv[off + wal.FRAME_HEADER_SIZE: off + fsz]
+            if commit:
+                txid += 1
+                txs.append((txid, commit, pages))
+                pages = {}
+                last_commit = (i, c1, c2)
+        if last_commit is not None:
+            i, c1, c2 = last_commit
+            self.pos = Position(salts, self.pos.frame + i + 1, (c1, c2), txid)
+        return txs
+
+    def page_at(self, pgno: int, hdr: wal.IndexHeader) -> bytes:
+        """One page as of mxFrame: its newest frame in the WAL, else the database file.
+
+        Call inside a fence. Pages read from the database file are stable: a checkpoint only
+        writes pages that have frames at or below the readers' marks.
+        """
+        ps = self.page_size
+        for frame in range(hdr.mx_frame, 0, -1):
+            off = wal.frame_offset(frame, ps)
+            fh = wal.parse_frame_header(os.pread(self._wal_fd, wal.FRAME_HEADER_SIZE, off))
+            if fh.pgno == pgno:
+                return os.pread(self._wal_fd, ps, off + wal.FRAME_HEADER_SIZE)
+        return os.pread(self._db_fd, ps, (pgno - 1) * ps)
+
+    # -- checkpoints -----------------------------------------------------------------
+
+    def advance_read(self) -> None:
+        """Inside a fence, after copying to mxFrame: move R's read mark up to mxFrame."""
+        self._end_read()
+        self._begin_read()
+
+    def checkpoint(self, ship: Callable[[list], None]) -> None:
+        """Two-phase PASSIVE checkpoint (design section 4 step 4): writers wait ~ms, not the backfill.
+
+        `ship` receives each batch of copied transactions right after its fence.
+        """
+        assert self.R is not None and self.W is not None
+        with self.fence():  # (a) copy to mxFrame, move R's mark to it
+            txs = self.copy()
+            self.advance_read()
+        ship(txs)
+        self.W.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)  # (b) the bulk, unfenced
+        with self.fence():  # (c) the small tail; then R checkpoints outside its transaction
+            txs = self.copy()
+            self._end_read()
+            try:
+                self.R.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+            finally:
+                self._begin_read()
+        ship(txs)
+
+    def backup_to(self, dest_path: str, poll: Callable[[], None]) -> None:
+        """Copy R's view into a new database file with the backup API, stepping in chunks.
+
+        Between chunks `poll` runs the copy loop, so new commits keep flowing while a large
+        snapshot is read (R's mark must not move meanwhile: poll never checkpoints).
+        """
+        assert self.R is not None
+        dest = apsw.Connection(dest_path)
+        try:
+            dest.execute("PRAGMA journal_mode=OFF").fetchall()
+            dest.execute("PRAGMA synchronous=OFF").fetchall()
+            with dest.backup("main", self.R, "main") as b:
+                while not b.done:
+                    b.step(BACKUP_STEP_PAGES)
+                    poll()
+        finally:
+            dest.close()
+
+    def wal_frames(self) -> int:
+        return self.index_header().mx_frame
+
+
+def transactions(copied: list[tuple[int, int, dict[int, memoryview]]], checksum: DbChecksum,
+                 time_ns: int) -> list[Transaction]:
+    """Attach times and the database checksum after each transaction (updating `checksum`)."""
+    out = []
+    for txid, db_size, pages in copied:
+        for pgno, page in pages.items():
+            if pgno <= db_size:
+                checksum.update(pgno, page)
+        checksum.resize(db_size)
+        kept = sorted((p, pg) for p, pg in pages.items() if p <= db_size)
+        out.append(Transaction(txid, time_ns, db_size, checksum.value, kept))
+    return out

@@ -1,0 +1,212 @@
+"""Filesystem backend: a directory tree mirroring the key space.
+
+Writes are atomic and durable: temp file in the same directory, fsync, rename, fsync of the
+directory, so a crash leaves either no object or the whole object under its final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import BinaryIO, Iterable, Iterator
+
+from .base import (
+    AlreadyExists,
+    NotFound,
+    ObjectInfo,
+    Permanent,
+    PreconditionFailed,
+    StorageError,
+    Transient,
+)
+
+_COPY_CHUNK = 1 << 20  # 1 MiB: large enough for sequential throughput, small for memory
+_TMP_PREFIX = ".tmp-"
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink in `path` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _translate(err: OSError, what: str) -> StorageError:
+    if err.errno == errno.ENOENT:
+        return NotFound(f"{what} not found")
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR):
+        return Permanent(f"{what}: {err.strerror}")
+    return Transient(f"{what}: {err.strerror}")
+
+
+class FileStorage:
+    """Objects as files under `root`; keys map to relative paths."""
+
+    def __init__(self, root: str | os.PathLike, url: str | None = None):
+        self.root = Path(root)
+        self.url = url or f"file://{self.root}"
+
+    def _path(self, key: str) -> Path:
+        if key.startswith("/") or ".." in key.split("/"):
+            raise Permanent(f"invalid key {key!r}")
+        return self.root / key
+
+    def _write_tmp(self, path: Path, data: bytes | BinaryIO) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f"{_TMP_PREFIX}{path.name}.{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as out:
+            if isinstance(data, (bytes, bytearray, memoryview)):
+                out.write(data)
+            else:
+                shutil.copyfileobj(data, out, _COPY_CHUNK)
+            out.flush()
+            os.fsync(out.fileno())
+        return tmp
+
+    def put(self, key: str, data: bytes | BinaryIO) -> None:
+        path = self._path(key)
+        try:
+            tmp = self._write_tmp(path, data)
+            os.replace(tmp, path)
+            fsync_dir(path.parent)
+        except OSError as err:
+            raise _translate(err, f"{self.url}/{key}") from None
+
+    @contextlib.contextmanager
+    def writer(self, key: str) -> Iterator[BinaryIO]:
+        """Stream an object into place: visible under `key` only once whole and durable."""
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f"{_TMP_PREFIX}{path.name}.{uuid.uuid4().hex[:8]}"
+        try:
+            with open(tmp, "wb") as out:
+                yield out
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+            fsync_dir(path.parent)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def put_if_absent(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        try:
+            tmp = self._write_tmp(path, data)
+            try:
+                os.link(tmp, path)  # link(2) fails atomically if the name exists
+            except FileExistsError:
+                raise AlreadyExists(f"{self.url}/{key} already exists") from None
+            finally:
+                os.unlink(tmp)
+            fsync_dir(path.parent)
+        except OSError as err:
+            raise _translate(err, f"{self.url}/{key}") from None
+
+    def put_if_match(self, key: str, data: bytes, etag: str | None) -> str:
+        """Compare-and-swap under an flock on a sidecar lock file (local filesystems only)."""
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock_fd = os.open(path.parent / f".lock-{path.name}", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            try:
+                current = self._etag(path.read_bytes())
+            except FileNotFoundError:
+                current = None
+            if current != etag:
+                raise PreconditionFailed(f"{self.url}/{key} changed concurrently")
+            self.put(key, data)
+            return self._etag(data)
+        finally:
+            os.close(lock_fd)
+
+    @staticmethod
+    def _etag(data: bytes) -> str:
+        return hashlib.md5(data).hexdigest()
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except OSError as err:
+            raise _translate(err, f"{self.url}/{key}") from None
+
+    def get_with_etag(self, key: str) -> tuple[bytes, str]:
+        data = self.get(key)
+        return data, self._etag(data)
+
+    def open(self, key: str, offset: int = 0, length: int | None = None) -> BinaryIO:
+        try:
+            f = open(self._path(key), "rb")
+        except OSError as err:
+            raise _translate(err, f"{self.url}/{key}") from None
+        if offset:
+            f.seek(offset)
+        if length is None:
+            return f
+        import io
+
+        with f:
+            return io.BytesIO(f.read(length))
+
+    def stat(self, key: str) -> ObjectInfo:
+        try:
+            st = self._path(key).stat()
+        except OSError as err:
+            raise _translate(err, f"{self.url}/{key}") from None
+        return ObjectInfo(key, st.st_size)
+
+    def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectInfo]:
+        """Walk only the directories that can hold keys under `prefix`, in sorted order."""
+        base_dir, _, _ = prefix.rpartition("/")
+        start = self.root / base_dir if base_dir else self.root
+        if not start.is_dir():
+            return iter(())
+        return self._walk(start, prefix, start_after)
+
+    def _walk(self, directory: Path, prefix: str, start_after: str | None) -> Iterator[ObjectInfo]:
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except FileNotFoundError:
+            return
+        except OSError as err:
+            raise _translate(err, str(directory)) from None
+        for entry in entries:
+            if entry.name.startswith((_TMP_PREFIX, ".lock-")):
+                continue
+            key = os.path.relpath(entry.path, self.root).replace(os.sep, "/")
+            if entry.is_dir(follow_symlinks=False):
+                if prefix.startswith(key + "/") or key.startswith(prefix) or prefix == "":
+                    yield from self._walk(Path(entry.path), prefix, start_after)
+                continue
+            if not key.startswith(prefix) or (start_after is not None and key <= start_after):
+                continue
+            try:
+                size = entry.stat().st_size
+            except FileNotFoundError:
+                continue  # deleted while listing
+            yield ObjectInfo(key, size)
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        parents = set()
+        for key in keys:
+            path = self._path(key)
+            try:
+                path.unlink()
+                parents.add(path.parent)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                raise _translate(err, f"{self.url}/{key}") from None
+        for parent in parents:
+            fsync_dir(parent)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,276 @@
+"""S3-specific behaviour: error translation (never leaking credentials), retries, multipart."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import re
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from replicator.config import S3Options
+import botocore.exceptions as bce
+import urllib3.exceptions
+
+from replicator.storage import (
+    AlreadyExists,
+    NotFound,
+    Permanent,
+    PreconditionFailed,
+    RetryingStorage,
+    Throttled,
+    Transient,
+)
+from replicator.storage.s3 import S3Storage
+
+MIB = 1 << 20
+SERVERS = ["moto_server", pytest.param("seaweedfs_server", marks=pytest.mark.seaweedfs)]
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 nothing listens on (connections are refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def assert_no_secrets(err: BaseException, options: S3Options) -> None:
+    text = f"{err} {err!r} {getattr(err, 'hint', '')}"
+    for secret in (options.access_key_id, options.secret_access_key):
+        assert secret and secret not in text
+    assert err.__cause__ is None and err.__suppress_context__  # no botocore chain in tracebacks
+
+
+@pytest.mark.parametrize("server_fixture", SERVERS)
+def test_missing_bucket_is_permanent_and_named(request, server_fixture: str) -> None:
+    server = request.getfixturevalue(server_fixture)
+    options = server.options("no-such-bucket-4c1f", prefix="some/prefix")
+    storage = S3Storage(options)
+    for op in (lambda: storage.put("k", b"x"), lambda: storage.get("k"), lambda: list(storage.list())):
+        with pytest.raises(Permanent) as info:
+            op()
+        assert "s3://no-such-bucket-4c1f/some/prefix: no such bucket" in str(info.value)
+        assert_no_secrets(info.value, options)
+
+
+@pytest.mark.seaweedfs
+@pytest.mark.parametrize("change", ["secret_access_key", "access_key_id"])
+def test_wrong_credentials_are_permanent_without_secrets(seaweedfs_server, make_bucket, change: str) -> None:
+    good = make_bucket(seaweedfs_server)
+    bad = dataclasses.replace(good, **{change: "WRONG" + getattr(good, change)[5:]})
+    storage = S3Storage(bad)
+    for op in (lambda: storage.put("k", b"x"), lambda: storage.get("k"), lambda: list(storage.list())):
+        with pytest.raises(Permanent) as info:
+            op()
+        assert str(info.value).startswith(f"s3://{good.bucket}/replica: access denied")
+        assert_no_secrets(info.value, bad)
+        assert_no_secrets(info.value, good)
+
+
+def unreachable_options(port: int) -> S3Options:
+    return S3Options(bucket="bucket", prefix="p", endpoint=f"http://127.0.0.1:{port}", force_path_style=True,
+                     access_key_id="AKIDUNREACHABLE", secret_access_key="unreachable-secret")
+
+
+def test_unreachable_endpoint_is_transient() -> None:
+    port = closed_port()
+    options = unreachable_options(port)
+    storage = S3Storage(options)
+    for op in (lambda: storage.put("k", b"x"), lambda: storage.get("k"), lambda: storage.stat("k"),
+               lambda: list(storage.list()), lambda: storage.put_if_absent("k", b"x")):
+        with pytest.raises(Transient) as info:
+            op()
+        assert f"cannot connect to http://127.0.0.1:{port}" in str(info.value)
+        assert_no_secrets(info.value, options)
+
+
+def test_retrying_storage_rides_out_an_outage(moto_server) -> None:
+    """The endpoint refuses connections until the second back-off, then a server appears."""
+    from moto.server import ThreadedMotoServer
+
+    port = closed_port()
+    sleeps: list[float] = []
+    late: list[ThreadedMotoServer] = []
+
+    def sleep(delay: float) -> None:
+        sleeps.append(delay)
+        if len(sleeps) == 2:
+            late.append(ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False))
+            late[0].start()
+            dataclasses.replace(moto_server, endpoint=f"http://127.0.0.1:{port}").client().create_bucket(
+                Bucket="bucket")
+
+    storage = RetryingStorage(S3Storage(unreachable_options(port)), attempts=5, sleep=sleep)
+    try:
+        storage.put("k", io.BytesIO(b"payload"))
+        assert storage.get("k") == b"payload"
+        assert len(sleeps) == 2 and storage.requests["put"] == 3
+    finally:
+        for server in late:
+            server.stop()
+
+    gone = RetryingStorage(S3Storage(unreachable_options(closed_port())), attempts=3, sleep=sleeps.append)
+    with pytest.raises(Transient):
+        gone.get("k")
+    assert gone.requests["get"] == 3
+
+
+@pytest.mark.parametrize("server_fixture", SERVERS)
+def test_multipart_is_parallel_bounded_and_complete(request, make_bucket, server_fixture: str) -> None:
+    server = request.getfixturevalue(server_fixture)
+    options = make_bucket(server, part_size=5 * MIB, concurrency=2)
+    storage = S3Storage(options)
+    lock, counts = threading.Lock(), {"read": 0, "sent": 0, "peak": 0}
+
+    class Counting(io.RawIOBase):
+        def __init__(self, data: bytes):
+            self.src = io.BytesIO(data)
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buf) -> int:  # type: ignore[no-untyped-def]
+            n = self.src.readinto(buf)
+            with lock:
+                counts["read"] += n
+                counts["peak"] = max(counts["peak"], counts["read"] - counts["sent"])
+            return n
+
+    upload_part = storage._client.upload_part
+
+    def counting_upload_part(**kwargs):  # type: ignore[no-untyped-def]
+        result = upload_part(**kwargs)
+        with lock:
+            counts["sent"] += len(kwargs["Body"])
+        return result
+
+    storage._client.upload_part = counting_upload_part
+    data = os.urandom(26 * MIB)
+    storage.put("big", io.BufferedReader(Counting(data)))
+    assert storage.get("big") == data
+    assert re.fullmatch(r'"[0-9a-f]{32}-6"', storage.stat("big").etag or "")  # 6 parts
+    assert counts["peak"] <= 3 * 5 * MIB  # concurrency + 1 parts in memory
+    assert not server.client().list_multipart_uploads(Bucket=options.bucket).get("Uploads")
+
+
+@pytest.mark.parametrize("server_fixture", SERVERS)
+def test_failed_multipart_is_aborted(request, make_bucket, server_fixture: str) -> None:
+    server = request.getfixturevalue(server_fixture)
+    options = make_bucket(server, part_size=5 * MIB, concurrency=2)
+    storage = S3Storage(options)
+
+    class Failing(io.RawIOBase):
+        sent = 0
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buf) -> int:  # type: ignore[no-untyped-def]
+            if self.sent >= 12 * MIB:
+                raise ValueError("source went away")
+            buf[:] = b"x" * len(buf)
+            self.sent += len(buf)
+            return len(buf)
+
+    with pytest.raises(ValueError, match="source went away"):
+        storage.put("partial", Failing())
+    assert not server.client().list_multipart_uploads(Bucket=options.bucket).get("Uploads")
+    with pytest.raises(NotFound):
+        storage.stat("partial")
+
+
+@pytest.mark.seaweedfs
+def test_seaweedfs_restart_keeps_data(seaweedfs_server, make_bucket) -> None:
+    """The outage fixture contract: stop() makes requests fail Transient, start() restores data."""
+    storage = S3Storage(make_bucket(seaweedfs_server))
+    storage.put("k", b"durable")
+    seaweedfs_server.stop()
+    try:
+        with pytest.raises(Transient):
+            storage.get("k")
+    finally:
+        seaweedfs_server.start()
+    assert storage.get("k") == b"durable"
+
+
+def client_error(code: str, status: int) -> bce.ClientError:
+    return bce.ClientError({"Error": {"Code": code, "Message": "AKIDSECRET leaked?"},
+                            "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
+
+
+@pytest.mark.parametrize("err, expected", [
+    (client_error("NoSuchKey", 404), NotFound),
+    (client_error("404", 404), NotFound),
+    (client_error("PreconditionFailed", 412), PreconditionFailed),
+    (client_error("ConditionalRequestConflict", 409), PreconditionFailed),
+    (client_error("SlowDown", 503), Throttled),
+    (client_error("503", 503), Throttled),
+    (client_error("InternalError", 500), Transient),
+    (client_error("502", 502), Transient),
+    (client_error("RequestTimeout", 400), Transient),
+    (client_error("AccessDenied", 403), Permanent),
+    (client_error("InvalidArgument", 400), Permanent),
+    (bce.ReadTimeoutError(endpoint_url="http://x"), Transient),
+    (bce.ConnectTimeoutError(endpoint_url="http://x"), Transient),
+    (bce.ConnectionClosedError(endpoint_url="http://x"), Transient),
+    (bce.EndpointConnectionError(endpoint_url="http://x"), Transient),
+    (urllib3.exceptions.ProtocolError("reset"), Transient),
+    (ConnectionResetError(104, "reset"), Transient),
+    (bce.NoCredentialsError(), Permanent),
+])
+def test_error_translation(err: Exception, expected: type) -> None:
+    storage = S3Storage(unreachable_options(1))
+    translated = storage._translate(err, "k")
+    assert type(translated) is expected or (expected is Permanent and isinstance(translated, Permanent))
+    assert "AKIDSECRET" not in str(translated) and "unreachable-secret" not in str(translated)
+
+
+def test_conditional_writes_fall_back_when_unsupported(moto_server, make_bucket, caplog) -> None:
+    """A store answering 501 to If-Match/If-None-Match still gets (racy) compare-and-swap."""
+    storage = S3Storage(make_bucket(moto_server))
+    put_object = storage._client.put_object
+    conditional = []
+
+    def no_conditions(**kwargs):  # type: ignore[no-untyped-def]
+        if "IfMatch" in kwargs or "IfNoneMatch" in kwargs:
+            conditional.append(kwargs["Key"])
+            raise client_error("NotImplemented", 501)
+        return put_object(**kwargs)
+
+    storage._client.put_object = no_conditions
+    etag = storage.put_if_match("cas", b"v1", None)
+    assert "conditional writes" in caplog.text
+    with pytest.raises(PreconditionFailed):
+        storage.put_if_match("cas", b"v2", None)
+    with pytest.raises(PreconditionFailed):
+        storage.put_if_match("cas", b"v2", '"00000000000000000000000000000000"')
+    assert storage.get_with_etag("cas") == (b"v1", etag)
+    storage.put_if_match("cas", b"v2", etag)
+    storage.put_if_absent("once", b"1")
+    with pytest.raises(AlreadyExists):
+        storage.put_if_absent("once", b"2")
+    assert conditional == ["replica/cas"]  # probed once, then remembered
+
+
+def test_region_and_credentials_resolution(monkeypatch) -> None:
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.setenv("AWS_REGION", "eu-central-1")
+    opts = unreachable_options(1)
+    assert S3Storage(opts)._client.meta.region_name == "eu-central-1"
+    assert S3Storage(dataclasses.replace(opts, region="ap-south-1"))._client.meta.region_name == "ap-south-1"
+    monkeypatch.delenv("AWS_REGION")
+    assert S3Storage(opts)._client.meta.region_name == "us-east-1"
+    with pytest.raises(Permanent, match="must be given together"):
+        S3Storage(dataclasses.replace(opts, secret_access_key=None))
+
+
+def test_only_storage_imports_boto() -> None:
+    root = Path(__file__).resolve().parent.parent / "replicator"
+    offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
+                 if p.parent.name != "storage" and re.search(r"^\s*(import|from)\s+(boto3|botocore)",
+                                                             p.read_text(), re.M)]
+    assert offenders == []
