@@ -304,12 +304,13 @@ class Source:
             txs = self.copy()
             self.advance_read()
         ship(txs)
-        self.W.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)  # (b) the bulk, unfenced
+        if not _passive_checkpoint(self.W):  # (b) the bulk, unfenced
+            return  # the application is checkpointing right now: leave it to finish
         with self.fence():  # (c) the small tail; then R checkpoints outside its transaction
             txs = self.copy()
             self._end_read()
             try:
-                self.R.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+                _passive_checkpoint(self.R)
             finally:
                 self._begin_read()
         ship(txs)
@@ -334,6 +335,15 @@ class Source:
 
     def wal_frames(self) -> int:
         return self.index_header().mx_frame
+
+
+def _passive_checkpoint(conn: apsw.Connection) -> bool:
+    """PASSIVE never waits on readers or writers; BUSY only means another checkpoint runs."""
+    try:
+        conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+        return True
+    except apsw.BusyError:
+        return False
 
 
 def transactions(copied: list[tuple[int, int, dict[int, memoryview]]], checksum: DbChecksum,

@@ -188,3 +188,5 @@ def make_bucket() -> Callable[..., S3Options]:
         return server.options(bucket, prefix=prefix, **overrides)
 
     return make
+
+
