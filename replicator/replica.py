@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import threading
 import time
 from typing import Callable
 
-from . import layout, segment
+from . import layout, lease, segment
 from .config import ReplicaConfig
+from .errors import LeaseHeld
 from .layout import SegmentInfo, SnapshotInfo
 from .storage import Storage, StorageError, Transient
 
@@ -26,6 +28,7 @@ MAX_MERGED_BYTES = 64 << 20  # one merged segment at most: bounds upload memory 
 OUTAGE_LOG_INTERVAL_S = 60.0  # one line per minute while a replica is unreachable
 RETRY_DELAY_S = (0.1, 5.0)  # backoff between failed upload rounds (min, max)
 REQUEST_LOG_INTERVAL_S = 60.0
+LEASE_TTL_S = 600.0  # long: renewed only alongside uploads, so an idle replica costs no requests
 
 
 class Shipper:
@@ -53,11 +56,16 @@ class Shipper:
         self._thread: threading.Thread | None = None
         self._meta_written = False
         self._requests_logged = clock()
+        # Stable across restarts of this replicator for this database, so a crashed run's
+        # lease is its own to take back; two processes on one host are kept apart by the spool.
+        self.owner = f"{socket.gethostname()}:{os.path.abspath(db_name)}"
+        self.lease: lease.Lease | None = None
 
     # -- state ---------------------------------------------------------------------
 
     def recover(self) -> None:
         """One LIST at start: what the replica already holds (raises on permanent errors)."""
+        self.lease = lease.acquire(self.storage, self.owner, LEASE_TTL_S)
         listing = layout.parse_listing(self.storage.list(layout.GENERATIONS))
         for gen in listing.generations:
             for snap in gen.snapshots:
@@ -100,7 +108,13 @@ class Shipper:
         self.wake.set()
         if self._thread:
             self._thread.join(timeout=max(0.0, deadline - self.clock()) + 5)
-        return not self.pending()
+        drained = not self.pending()
+        if self.lease is not None:
+            try:
+                self.lease.release()
+            except StorageError as err:
+                log.warning("replica %s: could not release the lease: %s", self.storage.url, err)
+        return drained
 
     def _run(self) -> None:
         delay, retrying = RETRY_DELAY_S[0], False
@@ -113,7 +127,7 @@ class Shipper:
                 if self.last_error is not None:
                     log.info("replica %s reachable again; caught up", self.storage.url)
                 self.last_error, retrying, delay = None, False, RETRY_DELAY_S[0]
-            except StorageError as err:
+            except (StorageError, LeaseHeld) as err:
                 self._note_failure(err)
                 self.stopping.wait(delay)
                 delay, retrying = min(RETRY_DELAY_S[1], delay * 2), True
@@ -121,7 +135,7 @@ class Shipper:
             if self.cfg.sync_interval_s > 0 and not retrying:
                 self.stopping.wait(self.cfg.sync_interval_s)  # at most one round per interval
 
-    def _note_failure(self, err: StorageError) -> None:
+    def _note_failure(self, err: StorageError | LeaseHeld) -> None:
         self.last_error = str(err)
         now = self.clock()
         if now - self._outage_logged >= OUTAGE_LOG_INTERVAL_S:
@@ -148,8 +162,12 @@ class Shipper:
         return sorted(out, key=_order)
 
     def ship_pending(self) -> None:
-        self._write_meta()
         todo = self.pending()
+        if not todo:
+            return
+        self._write_meta()
+        if self.lease is not None and self.lease.expires_at - time.time() < LEASE_TTL_S / 2:
+            self.lease.renew()  # raises LeaseHeld if another replicator took the replica
         i = 0
         while i < len(todo):
             info = todo[i]
