@@ -65,14 +65,24 @@ class DbReplicator:
         self._thread.start()
 
     def open(self) -> None:
-        """Lock the spool, recover positions, start (or resume) the tail and the shippers."""
-        if not self.spool.try_lock():
-            raise ReplicatorError(f"{self.cfg.path} is already being replicated by another process",
-                                  f"see {self.spool.dir / 'lock'}")
-        for shipper in self.shippers:
-            shipper.recover()
-        self.source.open()
-        self._init_tail()
+        """Validate the database, lock the spool, recover positions, start the tail and shippers.
+
+        On failure everything taken so far is given back (spool lock, leases, connections).
+        """
+        self.source.open()  # first: a file that is not a database must leave nothing behind
+        try:
+            if not self.spool.try_lock():
+                raise ReplicatorError(f"{self.cfg.path} is already being replicated by another process",
+                                      f"see {self.spool.dir / 'lock'}")
+            for shipper in self.shippers:
+                shipper.recover()
+            self._init_tail()
+        except BaseException:
+            for shipper in self.shippers:
+                shipper.release()
+            self.source.close()
+            self.spool.unlock()
+            raise
         for shipper in self.shippers:
             shipper.start()
             shipper.wake.set()

@@ -109,12 +109,17 @@ class Shipper:
         if self._thread:
             self._thread.join(timeout=max(0.0, deadline - self.clock()) + 5)
         drained = not self.pending()
+        self.release()
+        return drained
+
+    def release(self) -> None:
+        """Give the lease back so a successor need not wait for it to expire."""
         if self.lease is not None:
             try:
                 self.lease.release()
             except StorageError as err:
                 log.warning("replica %s: could not release the lease: %s", self.storage.url, err)
-        return drained
+            self.lease = None
 
     def _run(self) -> None:
         delay, retrying = RETRY_DELAY_S[0], False

@@ -47,8 +47,6 @@ class Spool:
         self.objects = FileStorage(self.dir / "objects", url=f"spool:{self.dir}")
         self.state_dir = self.dir / "state"
         self.requests_dir = self.dir / "requests"
-        for d in (self.dir, self.state_dir, self.requests_dir, self.dir / "objects"):
-            d.mkdir(parents=True, exist_ok=True)
         self._lock_fd = -1
         self._log_fd = -1
         self._log_size = 0
@@ -57,7 +55,13 @@ class Spool:
     # -- single daemon per database ---------------------------------------------------
 
     def try_lock(self) -> bool:
-        """Take the spool's flock (held for the daemon's lifetime); False if another holds it."""
+        """Take the spool's flock (held for the daemon's lifetime); False if another holds it.
+
+        The spool's directories are created here, not before: a database that is rejected
+        (not SQLite, unreadable) leaves nothing behind.
+        """
+        for d in (self.dir, self.state_dir, self.requests_dir, self.dir / "objects"):
+            d.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

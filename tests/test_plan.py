@@ -158,8 +158,6 @@ def test_missing_segment_fails_latest_with_a_hint():
     assert plan_restore(parse_listing(objs), Target(txid=3)).segments[-1].last_txid == 3
 
 
-@pytest.mark.xfail(strict=True, reason="bug: plan._chain walks to the generation's last txid for "
-                   "time targets, so a hole after the target time fails a restore that does not need it")
 def test_hole_after_a_time_target_does_not_matter():
     _, objs = _holed_generation()
     plan = plan_restore(parse_listing(objs), Target(time_ns=1_015 * MS), 2_000 * MS)

