@@ -1,0 +1,181 @@
+"""daemon.py in-process: generations, resume, snapshots, the snapshot request path."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import apsw
+import pytest
+
+from replicator import layout
+from replicator.config import DbConfig, ReplicaConfig
+from replicator.daemon import DbReplicator
+from replicator.demo import content_hash
+from replicator.plan import Target
+from replicator.restore import restore
+from replicator.snapshot_cmd import take_snapshot
+from replicator.storage import open_storage
+
+
+def _cfg(db, replica) -> DbConfig:
+    return DbConfig(path=str(db), replicas=(
+        ReplicaConfig(name="file", url=f"file://{replica}", type="file", path=str(replica)),),
+        monitor_interval_s=0.05)
+
+
+def _write(conn, n, start=0):
+    for i in range(start, start + n):
+        conn.execute("INSERT INTO t(v) VALUES (?)", (f"row {i}".encode() * 20,))
+
+
+@pytest.fixture
+def env(tmp_path):
+    db, replica = tmp_path / "app.db", tmp_path / "replica"
+    conn = apsw.Connection(str(db))
+    conn.set_busy_timeout(2000)
+    list(conn.execute("PRAGMA journal_mode=wal; CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)"))
+    yield db, replica, conn
+    conn.close()
+
+
+def _run_once(cfg, steps=1) -> DbReplicator:
+    rep = DbReplicator(cfg)
+    rep.open()
+    for _ in range(steps):
+        rep.step()
+    rep.stop()
+    assert rep.join()
+    return rep
+
+
+def _generations(replica):
+    return layout.parse_listing(open_storage(f"file://{replica}").list(layout.GENERATIONS)).generations
+
+
+def _restored_hash(replica, out, target=Target()):
+    out.unlink(missing_ok=True)
+    restore(open_storage(f"file://{replica}"), out, target)
+    return content_hash(out)
+
+
+def test_restart_without_changes_resumes_the_generation(env, tmp_path):
+    db, replica, conn = env
+    cfg = _cfg(db, replica)
+    _write(conn, 10)
+    _run_once(cfg)
+    _write(conn, 10, 10)
+    _run_once(cfg)
+    gens = _generations(replica)
+    assert len(gens) == 1 and len(gens[0].snapshots) == 1
+    assert _restored_hash(replica, tmp_path / "o.db") == content_hash(db)
+
+
+def test_wal_restarted_while_down_starts_a_new_generation(env, tmp_path):
+    db, replica, conn = env
+    cfg = _cfg(db, replica)
+    _write(conn, 10)
+    _run_once(cfg)
+    conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+    _write(conn, 5, 10)
+    _run_once(cfg)
+    gens = _generations(replica)
+    assert len(gens) == 2
+    assert gens[1].first_txid > gens[0].last_txid  # txids never repeat across generations
+    assert _restored_hash(replica, tmp_path / "o.db") == content_hash(db)
+
+
+def test_replaced_database_file_starts_a_new_generation(env, tmp_path):
+    db, replica, conn = env
+    rep = DbReplicator(_cfg(db, replica))
+    rep.open()
+    try:
+        _write(conn, 5)
+        rep.step()
+        other = tmp_path / "other.db"
+        c2 = apsw.Connection(str(other))
+        list(c2.execute("PRAGMA journal_mode=wal; CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB); "
+                        "INSERT INTO t(v) VALUES (x'ff')"))
+        c2.close()
+        conn.close()
+        for suffix in ("-wal", "-shm"):
+            if os.path.exists(str(other) + suffix):
+                os.replace(str(other) + suffix, str(db) + suffix)
+        os.replace(other, db)
+        rep._step_safely()
+    finally:
+        rep.stop()
+        assert rep.join()
+    assert len(_generations(replica)) == 2
+    assert _restored_hash(replica, tmp_path / "o.db") == content_hash(db)
+
+
+def test_snapshot_in_the_generation_is_used_by_later_restores(env, tmp_path):
+    db, replica, conn = env
+    rep = DbReplicator(_cfg(db, replica))
+    rep.open()
+    try:
+        _write(conn, 10)
+        rep.step()
+        txid = rep.snapshot_now("before-migration")
+        _write(conn, 3, 10)
+        rep.step()
+    finally:
+        rep.stop()
+        assert rep.join()
+    gen = _generations(replica)[0]
+    assert [s.txid for s in gen.snapshots][-1] == txid
+    assert gen.snapshots[-1].name == "before-migration"
+    out = tmp_path / "o.db"
+    result = restore(open_storage(f"file://{replica}"), out)
+    assert result.snapshot_key == gen.snapshots[-1].key and result.segments == 1
+    assert content_hash(out) == content_hash(db)
+
+
+def test_snapshot_command_goes_through_a_running_daemon(env, tmp_path):
+    db, replica, conn = env
+    cfg = _cfg(db, replica)
+    rep = DbReplicator(cfg)
+    rep.start()
+    try:
+        _write(conn, 4)
+        txid = take_snapshot(cfg, "via-daemon", timeout_s=30)
+    finally:
+        rep.stop()
+        assert rep.join()
+    names = [s.name for g in _generations(replica) for s in g.snapshots]
+    assert "via-daemon" in names and txid >= 1
+
+
+def test_snapshot_command_without_a_daemon_does_it_itself(env, tmp_path):
+    db, replica, conn = env
+    _write(conn, 4)
+    txid = take_snapshot(_cfg(db, replica), None, timeout_s=30)
+    gen = _generations(replica)[0]
+    assert gen.snapshots[-1].txid == txid
+    assert _restored_hash(replica, tmp_path / "o.db", Target(txid=txid)) == content_hash(db)
+
+
+def test_writes_during_a_daemon_run_are_woken_by_file_events(env, tmp_path):
+    """monitor-interval is an hour: only watchdog's -wal event can wake the worker."""
+    db, replica, conn = env
+    cfg = DbConfig(path=str(db), replicas=_cfg(db, replica).replicas, monitor_interval_s=3600)
+    from replicator.config import Config
+    from replicator.daemon import Daemon
+
+    daemon = Daemon(Config(dbs=(cfg,)))
+    daemon.start()
+    try:
+        shipped = threading.Event()
+        rep = daemon.replicators[0]
+        target = rep.source.pos.txid + 1
+        _write(conn, 1)
+        deadline_ok = False
+        for _ in range(200):
+            if rep.shippers[0].shipped_txid >= target:
+                deadline_ok = True
+                break
+            shipped.wait(0.05)
+        assert deadline_ok, "a commit was not shipped within 10 s without a timer wake-up"
+    finally:
+        assert daemon.shutdown()
