@@ -60,11 +60,23 @@ class Shipper:
         # lease is its own to take back; two processes on one host are kept apart by the spool.
         self.owner = f"{socket.gethostname()}:{os.path.abspath(db_name)}"
         self.lease: lease.Lease | None = None
+        self.recovered = False
 
     # -- state ---------------------------------------------------------------------
 
     def recover(self) -> None:
-        """One LIST at start: what the replica already holds (raises on permanent errors)."""
+        """Lease and one LIST at start: what the replica already holds.
+
+        Permanent errors (no bucket, access denied, lease held) raise: the user must act. A
+        store that is merely unreachable is left to the shipper thread, which keeps retrying
+        while the spool holds the data, so the database is protected from the first second.
+        """
+        try:
+            self._recover()
+        except Transient as err:
+            self._note_failure(err)
+
+    def _recover(self) -> None:
         self.lease = lease.acquire(self.storage, self.owner, LEASE_TTL_S)
         listing = layout.parse_listing(self.storage.list(layout.GENERATIONS))
         for gen in listing.generations:
@@ -74,6 +86,7 @@ class Shipper:
                                                     snap.time_ms * 1_000_000)
             if gen.segments:
                 self.segments_upto[gen.name] = max(s.last_txid for s in gen.segments)
+        self.recovered = True
 
     def has(self, info: SnapshotInfo | SegmentInfo) -> bool:
         with self.lock:
@@ -130,7 +143,7 @@ class Shipper:
             try:
                 self.ship_pending()
                 if self.last_error is not None:
-                    log.info("replica %s reachable again; caught up", self.storage.url)
+                    log.info("replica %s reachable; caught up", self.storage.url)
                 self.last_error, retrying, delay = None, False, RETRY_DELAY_S[0]
             except (StorageError, LeaseHeld) as err:
                 self._note_failure(err)
@@ -167,6 +180,8 @@ class Shipper:
         return sorted(out, key=_order)
 
     def ship_pending(self) -> None:
+        if not self.recovered:
+            self._recover()
         todo = self.pending()
         if not todo:
             return

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import assume, event, given, settings
+from hypothesis import assume, event, example, given, settings
 from hypothesis import strategies as st
 
 from replicator.errors import NothingToRestore, RestoreError
@@ -162,6 +162,49 @@ def test_hole_after_a_time_target_does_not_matter():
     _, objs = _holed_generation()
     plan = plan_restore(parse_listing(objs), Target(time_ns=1_015 * MS), 2_000 * MS)
     assert [(s.first_txid, s.last_txid) for s in plan.segments] == [(2, 3)]
+
+
+def test_hole_that_may_hold_the_target_fails_the_time_restore():
+    """Txid 4 lies somewhere in 1_020..1_040 ms: a target of 1_035 ms may need it."""
+    _, objs = _holed_generation()
+    with pytest.raises(RestoreError, match="missing transactions after txid 3"):
+        plan_restore(parse_listing(objs), Target(time_ns=1_035 * MS), 2_000 * MS)
+
+
+def test_hole_within_the_last_segments_millisecond_is_not_provably_after():
+    """Segment 2-3 ends at most at 1_020 ms (rounded up): txid 4 may be at 1_019.8 ms."""
+    _, objs = _holed_generation()
+    with pytest.raises(RestoreError, match="missing"):
+        plan_restore(parse_listing(objs), Target(time_ns=1_019 * MS + 900_000), 2_000 * MS)
+
+
+HOLED = ReplicaCase([GenSpec("20260101T000000Z-aaaaaa",
+                             {1: 1_000, 2: 1_010, 3: 1_020, 4: 1_030, 5: 1_040, 6: 1_050},
+                             [1], [(2, 3), (4, 4), (5, 6)])], 0)
+
+
+@FAST
+@example(case=HOLED, gen_pick=0, hole_pick=2, target_pick=35 * MS)  # hole at txid 4, target 1_035 ms
+@given(replica_cases(), st.integers(0, 2**16), st.integers(0, 2**16), st.integers(0, 2**62))
+def test_time_restore_over_a_hole_is_never_silently_short(case, gen_pick, hole_pick, target_pick):
+    """Refusing is always safe; a plan, if made, holds every transaction at or before the target."""
+    gen = case.gens[gen_pick % len(case.gens)]
+    assume(gen.segments)
+    lo, hi = gen.first_txid + 1, max(b for _, b in gen.segments)
+    x = lo + hole_pick % (hi - lo + 1)
+    holed = GenSpec(gen.name, gen.times_ms, gen.snapshots, [(a, b) for a, b in gen.segments if not a <= x <= b])
+    case = ReplicaCase([holed if g is gen else g for g in case.gens], case.order_seed)
+    earliest_ns, now_ns = case.gens[0].start_ms * MS, (case.last_time_ms + 10) * MS
+    target = earliest_ns + target_pick % (now_ns - earliest_ns + 1)
+    try:
+        plan = plan_restore(case.listing, Target(time_ns=target), now_ns)
+    except RestoreError as err:
+        assert "missing" in str(err)
+        event("refused")
+        return
+    chosen = case.gen(plan.generation)
+    assert_chain(plan, max(t for t, ms in chosen.times_ms.items() if ms * MS <= target))
+    event("planned")
 
 
 def test_snapshot_in_the_targets_own_millisecond_is_not_trusted():
