@@ -7,7 +7,7 @@ pages). It counts the WAL frames it appends with a WAL hook, so the benchmark kn
 bytes of WAL were written.
 
 `history`: updates random rows of a database built by `build_db`, a batch of rows per
-transaction, until a given number of WAL bytes has been written.
+transaction, a given number of transactions.
 
 Both write a JSON result file when they finish by themselves (not when SIGKILLed).
 """
@@ -65,9 +65,14 @@ def build_db(path: str, size_bytes: int, seed: int = 1) -> int:
         conn.close()
 
 
-def db_signature(path: str) -> dict:
-    """Cheap fingerprint of a database written by these workloads (opened read-only, immutable)."""
-    conn = apsw.Connection(f"file:{path}?immutable=1", flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+def db_signature(path: str, live: bool = False) -> dict:
+    """Cheap fingerprint of a database written by these workloads. live=False opens it read-only
+    and immutable (a restored file); live=True opens it normally, so its WAL counts."""
+    if live:
+        conn = apsw.Connection(path)
+        conn.set_busy_timeout(BUSY_TIMEOUT_MS)
+    else:
+        conn = apsw.Connection(f"file:{path}?immutable=1", flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
     try:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type='table'")}
         out: dict = {}
@@ -193,28 +198,33 @@ def run_writer(db: str, rate: float, duration_s: float, result: str | None, seed
         _write_json(result, out)
 
 
-def run_history(db: str, wal_bytes: int, result: str | None, seed: int, first_v: int) -> None:
-    """Update random rows of `big` until wal_bytes of WAL have been appended."""
+def history_tx_for(wal_bytes: int, page_size: int = 4096) -> int:
+    """Transactions of `history` that append about wal_bytes of WAL (one frame per updated row:
+    rows are random among many pages). A count, not a byte target, so every tool gets the very
+    same history."""
+    return max(1, round(wal_bytes / (HISTORY_ROWS_PER_TX * (page_size + 24))))
+
+
+def run_history(db: str, n_tx: int, result: str | None, seed: int, first_v: int) -> None:
+    """Update random rows of `big`, HISTORY_ROWS_PER_TX per transaction, n_tx transactions."""
     rng = random.Random(seed)
     conn, counter, page_size = _open(db)
     rows = conn.execute("SELECT max(id) FROM big").fetchall()[0][0]
     zero = bytes(BIG_ROW_ZERO)
     frame = page_size + 24
     v = first_v
-    n = 0
     start = time.perf_counter()
-    while counter.frames * frame < wal_bytes:
+    for _ in range(n_tx):
         with conn:
             for _ in range(HISTORY_ROWS_PER_TX):
                 v += 1
                 conn.execute("UPDATE big SET v = ?, pad = ? WHERE id = ?",
                              (v, rng.randbytes(BIG_ROW_RANDOM) + zero, rng.randint(1, rows)))
         _checkpoint_like_sqlite(conn, counter)
-        n += 1
     elapsed = time.perf_counter() - start
     conn.close()
     if result:
-        _write_json(result, {"tx": n, "elapsed_s": elapsed, "wal_frames": counter.frames,
+        _write_json(result, {"tx": n_tx, "elapsed_s": elapsed, "wal_frames": counter.frames,
                              "wal_bytes": counter.frames * frame, "last_v": v})
 
 
@@ -236,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     w.add_argument("--seed", type=int, default=1)
     h = sub.add_parser("history")
     h.add_argument("db")
-    h.add_argument("--wal-bytes", type=int, required=True)
+    h.add_argument("--tx", type=int, required=True)
     h.add_argument("--result")
     h.add_argument("--seed", type=int, default=1)
     h.add_argument("--first-v", type=int, default=0)
@@ -244,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.cmd == "writer":
         run_writer(a.db, a.rate, a.duration, a.result, a.seed)
     else:
-        run_history(a.db, a.wal_bytes, a.result, a.seed, a.first_v)
+        run_history(a.db, a.tx, a.result, a.seed, a.first_v)
 
 
 if __name__ == "__main__":

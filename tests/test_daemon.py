@@ -166,16 +166,21 @@ def test_writes_during_a_daemon_run_are_woken_by_file_events(env, tmp_path):
     daemon = Daemon(Config(dbs=(cfg,)))
     daemon.start()
     try:
-        shipped = threading.Event()
         rep = daemon.replicators[0]
-        target = rep.source.pos.txid + 1
-        _write(conn, 1)
-        deadline_ok = False
-        for _ in range(200):
-            if rep.shippers[0].shipped_txid >= target:
-                deadline_ok = True
-                break
-            shipped.wait(0.05)
-        assert deadline_ok, "a commit was not shipped within 10 s without a timer wake-up"
+        tick = threading.Event()
+        # The inotify watch is set up by watchdog's thread shortly after start(): keep
+        # writing (one row per 0.2 s) until a commit made after it has been shipped.
+        for i in range(50):
+            target = rep.source.pos.txid + 1
+            _write(conn, 1, i)
+            for _ in range(4):
+                if rep.shippers[0].shipped_txid >= target:
+                    break
+                tick.wait(0.05)
+            else:
+                continue
+            break
+        else:
+            raise AssertionError("no commit was shipped within 10 s without a timer wake-up")
     finally:
         assert daemon.shutdown()
