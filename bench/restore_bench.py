@@ -11,6 +11,7 @@ checked against the source.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -39,9 +40,9 @@ def _evict(paths: list[Path]) -> str:
 def _timed(args: list[str], out: Path) -> float:
     start = time.perf_counter()
     subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
-    fd = __import__("os").open(out, 0)
-    __import__("os").fsync(fd)
-    __import__("os").close(fd)
+    fd = os.open(out, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
     return time.perf_counter() - start
 
 

@@ -210,6 +210,7 @@ def test_sigkill_replicator_with_s3_replica(tmp_path: Path, moto_server, make_bu
             results[f"{gen.name}-{txid}"] = restore_state(storage, out, Target(txid=txid))
     results["latest"] = restore_state(storage, out)
 
+    print("CRASH", reported, [(g.name, g.first_txid, g.last_txid, len(g.segments)) for g in listing.generations], len(results), time.monotonic())
     expected = workload.expected_hashes(CRASH_SEED, {k for k, _ in results.values()})
     for label, (k, digest) in results.items():
         assert digest == expected[k], f"{label}: restored k={k} is not an exact prefix"
@@ -249,6 +250,7 @@ def test_puts_are_batched_per_sync_interval_and_idle_costs_nothing(tmp_path: Pat
     segments = segment_keys(before)
     # One merged object per sync interval while writes flow (plus the interval in progress when
     # the writer started and the one that catches up), instead of one per transaction.
+    print("ECON", write_s, len(segments), segments)
     assert 2 <= len(segments) <= math.ceil(write_s) + 3, (write_s, segments)
     assert shipped_txids(log) >= ECONOMY_OPS
 
