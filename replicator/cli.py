@@ -89,8 +89,10 @@ def _resolve_replica(target: str, config_path: str | None, replica_name: str | N
     cfg = _load_config(config_path, required=False)
     db = _find_db(cfg, target)
     if db is None:
-        where = f"in {cfg.source}" if cfg else "(no config: pass -c CONFIG)"
-        raise ConfigError(f"no replica configured for {target} {where}",
+        if cfg is None:
+            raise ConfigError(f"{target} is not a replica directory and no config names it as a database",
+                              "pass -c CONFIG, or a replica URL such as file:///backups/app or s3://bucket/app")
+        raise ConfigError(f"no database {target} in {cfg.source}",
                           "pass a replica URL such as file:///backups/app or s3://bucket/app")
     if replica_name is None:
         return db.replicas[0], db

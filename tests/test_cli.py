@@ -147,10 +147,10 @@ def test_restore_never_overwrites_an_existing_output(tmp_path):
 def test_restore_of_a_path_that_is_not_configured(tmp_path):
     other = tmp_path / "other.db"
     line = error_line(invoke("restore", other), code=2)
-    assert f"no replica configured for {other}" in line and "-c CONFIG" in line
+    assert f"{other} is not a replica directory and no config names it" in line and "-c CONFIG" in line
     cfg = write_config(tmp_path / "c.yml", f"dbs:\n- path: {tmp_path}/a.db\n  replicas: [{{url: file://{tmp_path}/r}}]\n")
     line = error_line(invoke("restore", other, "-c", cfg), code=2)
-    assert f"no replica configured for {other} in {cfg}" in line
+    assert f"no database {other} in {cfg}" in line
     line = error_line(invoke("restore", tmp_path / "a.db", "-c", cfg, "--replica", "nope"), code=2)
     assert "no replica named 'nope'" in line and "names: file" in line
 
