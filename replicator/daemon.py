@@ -28,7 +28,9 @@ log = logging.getLogger(__name__)
 
 SEGMENT_MAX_PAGE_BYTES = 32 << 20  # split a large batch into segments of about this much data
 DRAIN_TIMEOUT_S = 30.0  # on stop, how long to keep shipping to a replica that is slow
-PAGE1_VOLATILE = (range(24, 28), range(40, 44), range(92, 96))  # change counter, schema cookie, version-valid-for
+# Header fields the backup API rewrites in its destination: change counter, schema cookie,
+# version-valid-for and the SQLite version that wrote the file.
+PAGE1_VOLATILE = (range(24, 28), range(40, 44), range(92, 100))
 
 
 class DbReplicator:

@@ -184,3 +184,21 @@ def test_writes_during_a_daemon_run_are_woken_by_file_events(env, tmp_path):
             raise AssertionError("no commit was shipped within 10 s without a timer wake-up")
     finally:
         assert daemon.shutdown()
+
+
+def test_database_written_by_another_sqlite_version(tmp_path):
+    """The stdlib's SQLite stamps its own version in page 1; the backup API stamps apsw's."""
+    import sqlite3
+
+    db, replica = tmp_path / "std.db", tmp_path / "replica"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+    for i in range(20):
+        conn.execute("INSERT INTO t(v) VALUES (?)", (bytes(300),))
+    _run_once(_cfg(db, replica))
+    conn.execute("INSERT INTO t(v) VALUES (x'01')")
+    conn.close()
+    assert _restored_hash(replica, tmp_path / "o.db") != content_hash(db)  # last row not shipped yet
+    _run_once(_cfg(db, replica))
+    assert _restored_hash(replica, tmp_path / "o.db") == content_hash(db)
