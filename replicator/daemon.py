@@ -12,9 +12,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
-
 from . import layout
 from .config import Config, DbConfig
 from .errors import ReplicatorError, SourceError
@@ -23,6 +20,7 @@ from .segment import SegmentEncoder, SnapshotWriter, Transaction
 from .source import ContinuityLost, Source, transactions
 from .spool import Spool
 from .storage import Storage, open_storage
+from .wakeup import watch_file
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +55,7 @@ class DbReplicator:
         ]
         self._thread: threading.Thread | None = None
         self._prune_lock = threading.Lock()
+        self._unwatch: Callable[[], None] = lambda: None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -88,6 +87,7 @@ class DbReplicator:
         for shipper in self.shippers:
             shipper.start()
             shipper.wake.set()
+        self._unwatch = watch_file(self.source.wal_path, self.wake)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -98,6 +98,7 @@ class DbReplicator:
         if self._thread:
             self._thread.join()
         drained = all([s.stop(DRAIN_TIMEOUT_S) for s in self.shippers])
+        self._unwatch()
         self.source.close()
         self.spool.unlock()
         return drained and self.error is None
@@ -121,8 +122,10 @@ class DbReplicator:
             self.step()
         except ContinuityLost as err:
             log.warning("%s: continuity lost (%s); starting a new generation", self.cfg.path, err)
+            self._unwatch()
             self.source.close()
             self.source.open()
+            self._unwatch = watch_file(self.source.wal_path, self.wake)  # a new -wal inode
             self._new_generation()
         except SourceError as err:
             log.warning("%s: %s; will retry", self.cfg.path, err)
@@ -315,44 +318,24 @@ def _chunks(txs: list[Transaction], max_pages: int) -> list[list[Transaction]]:
     return out
 
 
-class _WalEvents(FileSystemEventHandler):
-    """Wakes the worker whose -wal (or database file) changed; -shm produces no events."""
-
-    def __init__(self, by_path: dict[str, DbReplicator]):
-        self.by_path = by_path
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        r = self.by_path.get(os.fsdecode(event.src_path))
-        if r is not None:
-            r.wake.set()
-
-
 class Daemon:
     """Every database of a config, each to each of its replicas."""
 
     def __init__(self, config: Config, clock_ns: Callable[[], int] = time.time_ns):
         self.config = config
         self.replicators = [DbReplicator(db, clock_ns=clock_ns) for db in config.dbs]
-        self.observer = Observer()
 
     def start(self) -> None:
-        by_path: dict[str, DbReplicator] = {}
         started = []
         try:
             for r in self.replicators:
                 r.start()
                 started.append(r)
-                by_path[r.cfg.path + "-wal"] = r
-                by_path[r.cfg.path] = r
         except BaseException:
             for r in started:
                 r.stop()
                 r.join()
             raise
-        handler = _WalEvents(by_path)
-        for d in {os.path.dirname(r.cfg.path) for r in self.replicators}:
-            self.observer.schedule(handler, d, recursive=False)
-        self.observer.start()
 
     def wait(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -361,9 +344,6 @@ class Daemon:
                 break
 
     def shutdown(self) -> bool:
-        self.observer.stop()
         for r in self.replicators:
             r.stop()
-        ok = all([r.join() for r in self.replicators])
-        self.observer.join(timeout=5)
-        return ok
+        return all([r.join() for r in self.replicators])

@@ -22,16 +22,17 @@ from .storage.base import ObjectInfo
 REPLICA_META = "replica.json"
 LEASE = "lease.json"
 GENERATIONS = "generations/"
-_GEN = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
+_GEN = re.compile(r"^\d{8}T\d{6}(\d{3})?Z-[0-9a-f]{6}$")
 _SNAP = re.compile(r"^([0-9a-f]{16})_(\d{13})(?:_([A-Za-z0-9._-]{1,64}))?\.snap\.zst$")
 _SEG = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})_(\d{13})-(\d{13})\.seg\.zst$")
 SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 def new_generation(now_ns: int, token: str | None = None) -> str:
-    """Sortable by creation time; the random suffix keeps two starts in one second apart."""
-    when = dt.datetime.fromtimestamp(now_ns / 1e9, dt.timezone.utc)
-    return when.strftime("%Y%m%dT%H%M%SZ") + "-" + (token or secrets.token_hex(3))
+    """Sortable by creation time (to the millisecond); the random suffix keeps starts apart."""
+    when = dt.datetime.fromtimestamp(now_ns // 1_000_000_000, dt.timezone.utc)
+    millis = (now_ns // 1_000_000) % 1000
+    return when.strftime("%Y%m%dT%H%M%S") + f"{millis:03d}Z-" + (token or secrets.token_hex(3))
 
 
 def is_generation(name: str) -> bool:
@@ -142,4 +143,7 @@ def parse_listing(objects: Iterable[ObjectInfo]) -> Listing:
     for g in gens.values():
         g.snapshots.sort(key=lambda s: (s.txid, s.time_ms))
         g.segments.sort(key=lambda s: (s.first_txid, s.last_txid))
-    return Listing([gens[k] for k in sorted(gens)], unknown)
+    # Txids only grow, also across generations, so the first snapshot's txid is the true
+    # creation order; names (clock time) break ties and place snapshot-less generations.
+    ordered = sorted(gens.values(), key=lambda g: (g.first_txid is None, g.first_txid or 0, g.name))
+    return Listing(ordered, unknown)

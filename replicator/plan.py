@@ -102,9 +102,8 @@ def _chain(gen: Generation, after_txid: int, end_txid: int, time_ns: int | None)
     pos = after_txid
     while pos < end_txid:
         covering = [s for s in gen.segments if s.first_txid <= pos + 1 <= s.last_txid]
-        if not covering and time_ns is not None and not any(
-                s.first_txid > pos and _ms_to_ns(s.t0_ms) <= time_ns for s in gen.segments):
-            break  # the hole lies wholly after the target time
+        if not covering and time_ns is not None and chain and _ms_to_ns(chain[-1].t1_ms - 1) >= time_ns:
+            break  # t1 is rounded up: txid `pos`, and so every missing one, came after the target
         if not covering:
             raise RestoreError(f"replica is missing transactions after txid {pos} in generation {gen.name}",
                                f"restore with --txid {pos} to get what is there")

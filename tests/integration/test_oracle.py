@@ -68,10 +68,10 @@ def test_oracle_file_replica(tmp_path: Path) -> None:
     assert ks == sorted(ks)
     assert results[("txid", last)][1] == OPS
     assert results[("latest", 0)][1] == OPS
-    # A timestamp restore holds every op that began at or before... no op that began after it,
-    # and every op that had finished a generous second before it.
+    # A timestamp restore holds no op that began after the target, and every op that had
+    # finished well before it (the bound is loose on purpose: latency is the bench's job).
     for t in times:
         k = results[("time", t)][1]
         began = max((row[0] for row in oracle if row[1] <= t), default=0)
-        finished = max((row[0] for row in oracle if row[2] <= t - 1_000_000_000), default=0)
+        finished = max((row[0] for row in oracle if row[2] <= t - 5_000_000_000), default=0)
         assert finished <= k <= began, (t, k, finished, began)

@@ -1,0 +1,61 @@
+"""File-event wake-ups for the copy loop: the WAL's IN_MODIFY sets the worker's Event.
+
+On Linux this registers a callback straight on watchdog's shared inotify reader, watching
+the -wal file alone: no observer, emitter, event objects or dispatcher thread per write,
+which matters when a busy writer modifies the WAL tens of thousands of times a second.
+Elsewhere it falls back to a watchdog Observer on the directory. -shm produces no events
+(it is written through mmap); the fallback timer in the worker covers anything missed.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Callable
+
+
+class _SetEvent:
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def on_event(self, _event: object) -> None:
+        self.event.set()
+
+    def on_watch_deleted(self, _wd: object) -> None:
+        self.event.set()  # the file went away: the worker's next step finds out why
+
+    def on_queue_overflow(self) -> None:
+        self.event.set()
+
+
+def watch_file(path: str, event: threading.Event) -> Callable[[], None]:
+    """Set `event` whenever `path` is modified; returns a function that stops watching."""
+    try:
+        from watchdog.observers.inotify_c import InotifyConstants as C, InotifyFD
+    except (ImportError, OSError):
+        return _observer_watch(path, event)
+    reader = InotifyFD.get_instance()
+    callback = _SetEvent(event)
+    mask = C.IN_MODIFY | C.IN_DELETE_SELF | C.IN_MOVE_SELF
+    wd = reader.add_callback(os.fsencode(path), mask, callback, id(callback))
+    return lambda: reader.remove_callbacks([(wd, id(callback))])
+
+
+def _observer_watch(path: str, event: threading.Event) -> Callable[[], None]:
+    from watchdog.events import FileSystemEvent, FileSystemEventHandler
+    from watchdog.observers import Observer
+
+    class Handler(FileSystemEventHandler):
+        def on_any_event(self, ev: FileSystemEvent) -> None:
+            if os.fsdecode(ev.src_path) == path:
+                event.set()
+
+    observer = Observer()
+    observer.schedule(Handler(), os.path.dirname(path) or ".", recursive=False)
+    observer.start()
+
+    def stop() -> None:
+        observer.stop()
+        observer.join(timeout=5)
+
+    return stop
