@@ -56,6 +56,8 @@ class DbReplicator:
         self._thread: threading.Thread | None = None
         self._prune_lock = threading.Lock()
         self._unwatch: Callable[[], None] = lambda: None
+        self._backfill: threading.Thread | None = None
+        self._backfill_ok = False
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -111,6 +113,7 @@ class DbReplicator:
                 if self.stopping.is_set():
                     break
                 self._step_safely()
+            self._finish_backfill()
             self._copy_and_spool()  # final: everything committed so far
         except BaseException as err:  # noqa: BLE001 - reported by join() and the CLI
             log.exception("replication of %s stopped: %s", self.cfg.path, err)
@@ -122,6 +125,7 @@ class DbReplicator:
             self.step()
         except ContinuityLost as err:
             log.warning("%s: continuity lost (%s); starting a new generation", self.cfg.path, err)
+            self._finish_backfill()
             self._unwatch()
             self.source.close()
             self.source.open()
@@ -232,13 +236,39 @@ class DbReplicator:
         assert self.source.pos is not None
         frames = self.source.pos.frame
         idle_s = (now - self.last_write_ns) / 1e9
+        if self._backfill is not None:
+            if self._backfill.is_alive():
+                return  # no fence while W backfills: snapshots and checkpoints wait
+            self._backfill.join()
+            self._backfill = None
+            if self._backfill_ok:
+                self.source.checkpoint_finish(self._spool_batch)
+            return
         if frames >= self.cfg.min_checkpoint_page_count or (
                 frames > 0 and idle_s >= self.cfg.checkpoint_interval_s):
-            self.source.checkpoint(self._spool_batch)
+            self.source.checkpoint_start(self._spool_batch)
+            self._backfill = threading.Thread(target=self._run_backfill, name="backfill", daemon=True)
+            self._backfill.start()
+            return
         interval = min(r.snapshot_interval_s for r in self.cfg.replicas)
         if interval > 0 and (now - self.last_snapshot_ns) / 1e9 >= interval:
             self.snapshot_now()
         self._serve_requests()
+
+    def _run_backfill(self) -> None:
+        """Checkpoint phase (b) off the worker thread, so copying goes on meanwhile."""
+        try:
+            self._backfill_ok = self.source.checkpoint_backfill()
+        except Exception as err:  # an I/O error here must not kill the tail; retried next time
+            log.warning("%s: checkpoint failed: %s", self.cfg.path, err)
+            self._backfill_ok = False
+        finally:
+            self.wake.set()
+
+    def _finish_backfill(self) -> None:
+        if self._backfill is not None:
+            self._backfill.join()
+            self._backfill = None
 
     def _copy_and_spool(self) -> int:
         copied = self.source.copy()

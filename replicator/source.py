@@ -297,16 +297,33 @@ class Source:
     def checkpoint(self, ship: Callable[[list], None]) -> None:
         """Two-phase PASSIVE checkpoint (design section 4 step 4): writers wait ~ms, not the backfill.
 
-        `ship` receives each batch of copied transactions right after its fence.
+        `ship` receives each batch of copied transactions right after its fence. The daemon
+        runs the three phases itself so that the copy loop keeps going during the backfill.
         """
-        assert self.R is not None and self.W is not None
-        with self.fence():  # (a) copy to mxFrame, move R's mark to it
+        self.checkpoint_start(ship)
+        if self.checkpoint_backfill():
+            self.checkpoint_finish(ship)
+
+    def checkpoint_start(self, ship: Callable[[list], None]) -> None:
+        """(a) Fence, copy to mxFrame, move R's mark up to it."""
+        with self.fence():
             txs = self.copy()
             self.advance_read()
         ship(txs)
-        if not _passive_checkpoint(self.W):  # (b) the bulk, unfenced
-            return  # the application is checkpointing right now: leave it to finish
-        with self.fence():  # (c) the small tail; then R checkpoints outside its transaction
+
+    def checkpoint_backfill(self) -> bool:
+        """(b) The bulk of the backfill, unfenced (may run on another thread: only W is used).
+
+        False if the application is checkpointing right now: leave it to finish.
+        """
+        assert self.W is not None
+        return _passive_checkpoint(self.W)
+
+    def checkpoint_finish(self, ship: Callable[[list], None]) -> None:
+        """(c) Fence, copy the small tail, then R checkpoints outside its transaction and
+        re-opens it: with everything backfilled, the next write restarts the WAL."""
+        assert self.R is not None
+        with self.fence():
             txs = self.copy()
             self._end_read()
             try:
