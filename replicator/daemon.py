@@ -243,10 +243,13 @@ class DbReplicator:
             self._backfill = None
             if self._backfill_ok:
                 self.source.checkpoint_finish(self._spool_batch)
+                self.spool.sync()
             return
         if frames >= self.cfg.min_checkpoint_page_count or (
                 frames > 0 and idle_s >= self.cfg.checkpoint_interval_s):
+            self.spool.sync()  # the checkpoint may let the WAL restart: spool first, durably
             self.source.checkpoint_start(self._spool_batch)
+            self.spool.sync()
             self._backfill = threading.Thread(target=self._run_backfill, name="backfill", daemon=True)
             self._backfill.start()
             return

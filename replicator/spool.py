@@ -44,7 +44,9 @@ def spool_dir(db_path: str) -> Path:
 class Spool:
     def __init__(self, db_path: str):
         self.dir = spool_dir(db_path)
-        self.objects = FileStorage(self.dir / "objects", url=f"spool:{self.dir}")
+        # Not fsynced per batch: copied frames stay in the WAL until our own checkpoint lets
+        # the WAL restart, and the daemon syncs the spool right before each checkpoint.
+        self.objects = FileStorage(self.dir / "objects", url=f"spool:{self.dir}", durable=False)
         self.state_dir = self.dir / "state"
         self.requests_dir = self.dir / "requests"
         self._lock_fd = -1
@@ -122,9 +124,16 @@ class Spool:
                 pairs.append(pgno)
                 pairs.append(checksum.hashes[pgno - 1])
         rec = self._frame(self._frame(meta) + pairs.tobytes())
+        # No fsync: a lost record only makes a restart re-copy from the WAL or start a new
+        # generation; it can never claim more than the spool holds (written after it).
         os.write(self._log_fd, rec)
-        os.fsync(self._log_fd)
         self._log_size += len(rec)
+
+    def sync(self) -> None:
+        """Make spooled objects and the tail state durable (before frames may leave the WAL)."""
+        self.objects.sync()
+        if self._log_fd >= 0:
+            os.fsync(self._log_fd)
 
     def load(self) -> TailState | None:
         """The last durable tail state, or None (no state, or it does not parse)."""

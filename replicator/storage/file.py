@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import threading
 import uuid
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
@@ -50,9 +51,14 @@ def _translate(err: OSError, what: str) -> StorageError:
 class FileStorage:
     """Objects as files under `root`; keys map to relative paths."""
 
-    def __init__(self, root: str | os.PathLike, url: str | None = None):
+    def __init__(self, root: str | os.PathLike, url: str | None = None, durable: bool = True):
+        """durable=False skips fsyncs; the owner must call sync() before relying on the data
+        surviving a power loss (the spool does, before each checkpoint)."""
         self.root = Path(root)
         self.url = url or f"file://{self.root}"
+        self.durable = durable
+        self._unsynced: set[Path] = set()
+        self._unsynced_lock = threading.Lock()
 
     def _path(self, key: str) -> Path:
         if key.startswith("/") or ".." in key.split("/"):
@@ -68,7 +74,8 @@ class FileStorage:
             else:
                 shutil.copyfileobj(data, out, _COPY_CHUNK)
             out.flush()
-            os.fsync(out.fileno())
+            if self.durable:
+                os.fsync(out.fileno())
         return tmp
 
     def put(self, key: str, data: bytes | BinaryIO) -> None:
@@ -76,9 +83,29 @@ class FileStorage:
         try:
             tmp = self._write_tmp(path, data)
             os.replace(tmp, path)
-            fsync_dir(path.parent)
+            if self.durable:
+                fsync_dir(path.parent)
+            else:
+                with self._unsynced_lock:
+                    self._unsynced.add(path)
         except OSError as err:
             raise _translate(err, f"{self.url}/{key}") from None
+
+    def sync(self) -> None:
+        """Make every object written since the last sync durable (files, then directories)."""
+        with self._unsynced_lock:
+            paths, self._unsynced = self._unsynced, set()
+        for path in paths:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue  # already shipped and pruned: nothing left to protect
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        for parent in {p.parent for p in paths}:
+            fsync_dir(parent)
 
     @contextlib.contextmanager
     def writer(self, key: str) -> Iterator[BinaryIO]:
@@ -205,8 +232,9 @@ class FileStorage:
                 pass
             except OSError as err:
                 raise _translate(err, f"{self.url}/{key}") from None
-        for parent in parents:
-            fsync_dir(parent)
+        if self.durable:
+            for parent in parents:
+                fsync_dir(parent)
 
     def close(self) -> None:
         pass
