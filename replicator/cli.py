@@ -138,6 +138,10 @@ def run(config_path: str) -> None:
 @handle_errors
 def replicate(db: str, urls: tuple[str, ...]) -> None:
     """Replicate DB to each replica URL (no config file needed)."""
+    _run_daemon(Config(dbs=(_adhoc_db(db, urls),)))
+
+
+def _adhoc_db(db: str, urls: tuple[str, ...]) -> DbConfig:
     replicas = []
     for i, url in enumerate(urls):
         r = config_mod.replica_from_url(url)
@@ -145,7 +149,7 @@ def replicate(db: str, urls: tuple[str, ...]) -> None:
     path = str(Path(db).absolute())
     if not os.path.exists(path):
         raise ConfigError(f"database not found: {path}")
-    _run_daemon(Config(dbs=(DbConfig(path=path, replicas=tuple(replicas)),)))
+    return DbConfig(path=path, replicas=tuple(replicas))
 
 
 @cli.command()
@@ -223,20 +227,26 @@ def verify(target: str, timestamp: str | None, txid: int | None, replica_name: s
 
 @cli.command()
 @click.argument("db")
+@click.argument("urls", nargs=-1)
 @click.option("--name", help="A label kept in the snapshot's name, e.g. before-migration.")
 @click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds to wait.")
 @click.option("-c", "--config", "config_path")
 @handle_errors
-def snapshot(db: str, name: str | None, timeout: float, config_path: str | None) -> None:
-    """Take a snapshot of DB now (through the running daemon, or by itself if none runs)."""
+def snapshot(db: str, urls: tuple[str, ...], name: str | None, timeout: float, config_path: str | None) -> None:
+    """Take a snapshot of DB now (through the running daemon, or by itself if none runs).
+
+    The replicas come from the config, or from URLS given after DB.
+    """
     from .snapshot_cmd import take_snapshot
 
     if name is not None and not layout.SNAPSHOT_NAME.match(name):
         raise ConfigError(f"invalid snapshot name {name!r} (letters, digits, . _ - ; up to 64)")
-    cfg = _load_config(config_path, required=False)
-    dbcfg = _find_db(cfg, db)
+    if urls:
+        dbcfg: DbConfig | None = _adhoc_db(db, urls)
+    else:
+        dbcfg = _find_db(_load_config(config_path, required=False), db)
     if dbcfg is None:
-        raise ConfigError(f"no replicas configured for {db}", "pass -c CONFIG")
+        raise ConfigError(f"no replicas configured for {db}", "pass -c CONFIG or replica URLs after DB")
     txid = take_snapshot(dbcfg, name, timeout)
     click.echo(f"snapshot of {dbcfg.path} at txid {txid}" + (f" named {name}" if name else ""))
 

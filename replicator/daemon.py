@@ -161,7 +161,7 @@ class DbReplicator:
         txids.append(layout.parse_listing(self.spool.objects.list(layout.GENERATIONS)).last_txid)
         for s in self.shippers:
             txids.extend(s.segments_upto.values())
-            txids.extend(t for _, t in s.snapshots)
+            txids.extend(s.snapshots.values())
         return max(txids)
 
     def _new_generation(self) -> None:

@@ -46,7 +46,7 @@ class Shipper:
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.lock = threading.Lock()
-        self.snapshots: set[tuple[str, int]] = set()  # (generation, txid) present remotely
+        self.snapshots: dict[str, int] = {}  # key -> txid of snapshots present remotely
         self.segments_upto: dict[str, int] = {}  # generation -> highest txid present remotely
         self.snapshot_times: dict[str, int] = {}  # generation -> newest snapshot time (ns)
         self.last_error: str | None = None
@@ -81,7 +81,7 @@ class Shipper:
         listing = layout.parse_listing(self.storage.list(layout.GENERATIONS))
         for gen in listing.generations:
             for snap in gen.snapshots:
-                self.snapshots.add((gen.name, snap.txid))
+                self.snapshots[snap.key] = snap.txid
                 self.snapshot_times[gen.name] = max(self.snapshot_times.get(gen.name, 0),
                                                     snap.time_ms * 1_000_000)
             if gen.segments:
@@ -91,13 +91,13 @@ class Shipper:
     def has(self, info: SnapshotInfo | SegmentInfo) -> bool:
         with self.lock:
             if isinstance(info, SnapshotInfo):
-                return (info.generation, info.txid) in self.snapshots
+                return info.key in self.snapshots
             return self.segments_upto.get(info.generation, -1) >= info.last_txid
 
     def _mark(self, info: SnapshotInfo | SegmentInfo) -> None:
         with self.lock:
             if isinstance(info, SnapshotInfo):
-                self.snapshots.add((info.generation, info.txid))
+                self.snapshots[info.key] = info.txid
                 txid = info.txid
             else:
                 self.segments_upto[info.generation] = max(self.segments_upto.get(info.generation, 0),

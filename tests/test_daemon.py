@@ -202,3 +202,12 @@ def test_database_written_by_another_sqlite_version(tmp_path):
     assert _restored_hash(replica, tmp_path / "o.db") != content_hash(db)  # last row not shipped yet
     _run_once(_cfg(db, replica))
     assert _restored_hash(replica, tmp_path / "o.db") == content_hash(db)
+
+
+def test_named_snapshot_at_the_generations_first_txid_is_shipped(env):
+    """Snapshots are known by key: a named one at the same txid as another still ships."""
+    db, replica, conn = env
+    take_snapshot(_cfg(db, replica), "first-day", timeout_s=30)
+    snaps = _generations(replica)[0].snapshots
+    assert [s.name for s in snaps] == [None, "first-day"]
+    assert snaps[0].txid == snaps[1].txid
