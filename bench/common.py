@@ -33,7 +33,7 @@ class Settings:
     cpu_rate_s: float = 20.0
     idle_s: float = 30.0
     restore_size_mb: int = 1024
-    history_factors: tuple[float, ...] = (1.0, 3.0)  # WAL written after the snapshot, x db size
+    history_factors: tuple[float, ...] = (1.0,)  # WAL written after the snapshot, x db size
     pitr_s: float = 12.0
     pitr_rate: int = 500
     pitr_targets: int = 10
@@ -42,9 +42,9 @@ class Settings:
 
     @classmethod
     def quick(cls) -> "Settings":
-        return cls(rpo_runs=3, rpo_rates=(500, 5000, 0), rpo_write_s=(1.0, 2.5), impact_s=5.0,
-                   impact_rounds=1, cpu_rate_s=6.0, idle_s=10.0, restore_size_mb=128,
-                   history_factors=(1.0, 4.0), pitr_s=6.0, pitr_targets=6)
+        return cls(rpo_runs=2, rpo_rates=(500, 5000, 0), rpo_write_s=(1.0, 2.5), impact_s=5.0,
+                   impact_rounds=1, cpu_rate_s=5.0, idle_s=10.0, restore_size_mb=96,
+                   history_factors=(1.0, 3.0), pitr_s=5.0, pitr_targets=5)
 
 
 def rate_label(rate: float) -> str:

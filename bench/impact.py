@@ -114,7 +114,8 @@ def run_cpu(ctx: Context) -> dict:
         f"for {s.idle_s:g} s)")
     runs, idle = [], []
     for i, tool in enumerate(ctx.order(0)):
-        r = attached_run(ctx, tool, s.cpu_rate, s.cpu_rate_s, seed=3000 + i, tag="cpu")
+        r = attached_run(ctx, tool, s.cpu_rate, s.cpu_rate_s, seed=3000 + i, tag="cpu",
+                         profile_it=s.profile and tool.name == "replicator")
         runs.append(r)
         say(f"  {tool.name:<10} {rate_label(s.cpu_rate)}: {_fmt(r)}")
     for tool in ctx.order(1):

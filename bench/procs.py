@@ -27,7 +27,7 @@ def spawn(args: list[str], log: Path | None = None, *, new_group: bool = True,
         if process_group is not None:
             kwargs["process_group"] = process_group
         elif new_group:
-            kwargs["start_new_session"] = True
+            kwargs["process_group"] = 0  # its own group in our session, so others can join it
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, cwd=cwd, **kwargs)
     finally:

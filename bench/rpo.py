@@ -58,7 +58,8 @@ def one_run(ctx: Context, tool, rate: float, hold_s: float, seed: int) -> dict:
             res["error"] = f"a process exited early (tool {proc.returncode}, writer {writer.returncode})"
             return res
         times = workload.commit_times(str(db), live=True)
-        res.update(source_tx=len(times), writer_tx_per_s=len(times) / hold_s)
+        span_s = (times[-1] - times[0]) / 1e9 if len(times) > 1 else 0
+        res.update(source_tx=len(times), writer_tx_per_s=(len(times) - 1) / span_s if span_s else 0.0)
         secs, rc = tool.restore(db, replica, out, log=d / "restore.log")
         res["restore_s"] = secs
         if rc != 0:

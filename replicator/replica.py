@@ -45,6 +45,8 @@ class Shipper:
         self.clock = clock
         self.wake = threading.Event()
         self.stopping = threading.Event()
+        self._hurry = threading.Event()  # set on stop: skip backoff and interval waits
+        self._rounds = 0
         self.lock = threading.Lock()
         self.snapshots: dict[str, int] = {}  # key -> txid of snapshots present remotely
         self.segments_upto: dict[str, int] = {}  # generation -> highest txid present remotely
@@ -112,13 +114,25 @@ class Shipper:
         self._thread.start()
 
     def stop(self, drain_timeout_s: float) -> bool:
-        """Ship what is spooled (within the timeout), then stop. True if fully drained."""
+        """Ship what is spooled (within the timeout), then stop. True if fully drained.
+
+        A replica that was failing gets one immediate attempt (its backoff is cut short),
+        so a store that has just come back is not left with the backlog.
+        """
         deadline = self.clock() + drain_timeout_s
-        while self.clock() < deadline and self.pending() and self.last_error is None:
+        alive = self._thread is not None and self._thread.is_alive()
+        if alive and self.last_error is not None and self.pending():
+            rounds = self._rounds
+            self._hurry.set()
+            while self.clock() < deadline and self._rounds == rounds and self._thread.is_alive():
+                time.sleep(0.01)
+        while alive and self.clock() < deadline and self.pending() and self.last_error is None:
             self.wake.set()
+            self._hurry.set()
             time.sleep(0.01)
         self.stopping.set()
         self.wake.set()
+        self._hurry.set()
         if self._thread:
             self._thread.join(timeout=max(0.0, deadline - self.clock()) + 5)
         drained = not self.pending()
@@ -147,11 +161,14 @@ class Shipper:
                 self.last_error, retrying, delay = None, False, RETRY_DELAY_S[0]
             except (StorageError, LeaseHeld) as err:
                 self._note_failure(err)
-                self.stopping.wait(delay)
+                # Not `wake`: WAL events would cut the backoff short during an outage.
+                self._hurry.wait(delay)
                 delay, retrying = min(RETRY_DELAY_S[1], delay * 2), True
+            self._hurry.clear()
+            self._rounds += 1
             self._log_requests()
             if self.cfg.sync_interval_s > 0 and not retrying:
-                self.stopping.wait(self.cfg.sync_interval_s)  # at most one round per interval
+                self._hurry.wait(self.cfg.sync_interval_s)  # at most one round per interval
 
     def _note_failure(self, err: StorageError | LeaseHeld) -> None:
         self.last_error = str(err)

@@ -103,6 +103,9 @@ class Source:
         conn = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READWRITE)
         conn.set_busy_timeout(self.busy_timeout_ms)
         conn.wal_autocheckpoint(0)  # only the two-phase sequence below checkpoints
+        # Closing the last connection would checkpoint and delete the WAL, and with it the
+        # proof of continuity a restart needs; the application's next open recovers as usual.
+        conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
         return conn
 
     def close(self) -> None:

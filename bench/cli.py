@@ -1,0 +1,104 @@
+"""`python -m bench [--quick] [--sections rpo,impact,cpu,restore,pitr] ...` (or `./dev bench`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import signal
+import sys
+import time
+from pathlib import Path
+
+from . import impact, pitr, procs, report, restore_bench, rpo
+from .common import WORK, Context, Settings, say
+from .tools import BENCH_DIR, make_tools
+
+SECTIONS = {"rpo": rpo.run, "impact": impact.run_impact, "cpu": impact.run_cpu,
+            "restore": restore_bench.run, "pitr": pitr.run}
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="./dev bench", description=__doc__.split("\n")[0] + " Benchmarks "
+                                "replicator against Litestream; writes bench/RESULTS.md.")
+    p.add_argument("--quick", action="store_true", help="a ~4 minute run with shorter durations and a small database")
+    p.add_argument("--sections", default=",".join(SECTIONS),
+                   help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
+    p.add_argument("--tools", default="litestream,replicator", help="comma-separated: litestream,replicator")
+    p.add_argument("--runs", type=int, help="RPO runs per rate and tool")
+    p.add_argument("--impact-seconds", type=float, help="writer-impact duration per configuration")
+    p.add_argument("--idle-seconds", type=float, help="idle CPU measurement window")
+    p.add_argument("--restore-size-mb", type=int, help="size of the restore benchmark database")
+    p.add_argument("--history", help="comma-separated history factors (WAL written / db size), e.g. 1,3")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--profile", action="store_true", help="py-spy the replicator in the flat-out run, the "
+                   "history ingest and a restore; summaries go into RESULTS.md")
+    p.add_argument("--out", default=str(BENCH_DIR / "RESULTS.md"), help="where to write the results")
+    return p.parse_args(argv)
+
+
+def settings_from(a: argparse.Namespace) -> Settings:
+    s = Settings.quick() if a.quick else Settings()
+    if a.runs:
+        s.rpo_runs = a.runs
+    if a.impact_seconds:
+        s.impact_s = a.impact_seconds
+    if a.idle_seconds:
+        s.idle_s = a.idle_seconds
+    if a.restore_size_mb:
+        s.restore_size_mb = a.restore_size_mb
+    if a.history:
+        s.history_factors = tuple(float(x) for x in a.history.split(","))
+    if a.seed is not None:
+        s.seed = a.seed
+    s.profile = a.profile
+    return s
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parse(argv)
+    sections = [x.strip() for x in a.sections.split(",") if x.strip()]
+    unknown = [x for x in sections if x not in SECTIONS]
+    if unknown:
+        raise SystemExit(f"unknown section(s): {', '.join(unknown)} (choose from {', '.join(SECTIONS)})")
+    tools = make_tools([x.strip() for x in a.tools.split(",") if x.strip()])
+    settings = settings_from(a)
+    for t in tools:
+        t.ensure()
+    versions = {t.name: t.version() for t in tools}
+    info = report.machine_info()
+    say(f"machine: {info['nproc']} x {info['cpu']}, {info['memory']}, kernel {info['kernel']}, "
+        f"python {info['python']}, SQLite {info['sqlite_apsw']}")
+    say("tools: " + "; ".join(versions.values()))
+    ctx = Context(settings, tools)
+    WORK.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    started = time.monotonic()
+    results: dict = {}
+    try:
+        for name in sections:
+            t = time.monotonic()
+            try:
+                results[name] = SECTIONS[name](ctx)
+            except Exception as err:  # noqa: BLE001 - report it and carry on with the next section
+                import traceback
+
+                traceback.print_exc()
+                ctx.note(f"section {name} failed: {type(err).__name__}: {err}")
+            say(f"   ({name}: {time.monotonic() - t:.0f} s)")
+    finally:
+        procs.cleanup()
+    elapsed = time.monotonic() - started
+    evicts = {p["tools"][t]["evict"] for p in results.get("restore", {}).get("points", []) for t in p["tools"]}
+    if "fadvise" in evicts:
+        ctx.note("/proc/sys/vm/drop_caches is not writable here (sandbox, even as root), so cold restores "
+                 "evict the replica files (and the source, for the floors) with fsync + "
+                 "posix_fadvise(POSIX_FADV_DONTNEED) instead; the restore tools' own binaries and libraries "
+                 "stay cached.")
+    command = "./dev bench " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
+    raw = WORK / f"results-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    raw.write_text(json.dumps({"settings": vars(settings), "results": results, "info": info,
+                               "versions": versions, "notes": ctx.notes}, indent=1, default=str))
+    out = Path(a.out)
+    report.write(out, results, info, command.strip(), settings, versions, ctx.notes, elapsed)
+    say(f"\nwrote {out} (raw figures: {raw}); total {elapsed / 60:.1f} min")
