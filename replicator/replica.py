@@ -214,15 +214,15 @@ class Shipper:
                 self._mark(info)
                 i += 1
             else:
-                run = [info]
-                if self.cfg.sync_interval_s > 0:  # merge a consecutive run into one object
-                    size = info.size
-                    while (i + len(run) < len(todo) and isinstance(todo[i + len(run)], SegmentInfo)
-                           and todo[i + len(run)].generation == info.generation
-                           and todo[i + len(run)].first_txid == run[-1].last_txid + 1
-                           and size + todo[i + len(run)].size <= MAX_MERGED_BYTES):
-                        run.append(todo[i + len(run)])
-                        size += run[-1].size
+                # A consecutive run becomes one object: one PUT (and fsync) per round, so a
+                # replica slower than the commit rate catches up instead of falling behind.
+                run, size = [info], info.size
+                while (i + len(run) < len(todo) and isinstance(todo[i + len(run)], SegmentInfo)
+                       and todo[i + len(run)].generation == info.generation
+                       and todo[i + len(run)].first_txid == run[-1].last_txid + 1
+                       and size + todo[i + len(run)].size <= MAX_MERGED_BYTES):
+                    run.append(todo[i + len(run)])
+                    size += run[-1].size
                 self._put_segments(run)
                 i += len(run)
             self.on_ack()
