@@ -28,7 +28,7 @@ FORMAT_VERSION = 1
 SEGMENT_MAGIC = b"RPLSEG01"
 SNAPSHOT_MAGIC = b"RPLSNP01"
 TRAILER_MAGIC = b"RPLEND01"
-ZSTD_LEVEL = 1  # fast: WAL pages compress ~2-4x even at level 1; higher levels cost CPU per commit
+ZSTD_LEVEL = -1  # fast: ~1.4 GB/s on WAL pages at nearly level 1's ratio; compression is per-commit CPU
 SNAPSHOT_CHUNK = 4 << 20  # 4 MiB of pages per compressor call while streaming an image
 
 _HDR = struct.Struct("<8sHIB32sQQQQI")  # magic, version, page_size, gen_len, gen, a, b, c, d, db_size
