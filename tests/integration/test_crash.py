@@ -20,7 +20,7 @@ from replicator.plan import Target
 from replicator.restore import restore
 from replicator.storage import open_storage
 
-from .harness import TESTS, shipped_txids, start_replicator, start_writer, stop, wait_for
+from .harness import TESTS, shipped_txids, start_replicator, start_writer, stop
 
 sys.path.insert(0, str(TESTS))
 import workload  # noqa: E402

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import apsw
-import pytest
 import yaml
 
 from replicator import layout
