@@ -18,10 +18,12 @@ from replicator.snapshot_cmd import take_snapshot
 from replicator.storage import open_storage
 
 
-def _cfg(db, replica) -> DbConfig:
-    return DbConfig(path=str(db), replicas=(
-        ReplicaConfig(name="file", url=f"file://{replica}", type="file", path=str(replica)),),
-        monitor_interval_s=0.05)
+def _file_replica(path) -> ReplicaConfig:
+    return ReplicaConfig(name="file", url=f"file://{path}", type="file", path=str(path))
+
+
+def _cfg(db, replica: ReplicaConfig) -> DbConfig:
+    return DbConfig(path=str(db), replicas=(replica,), monitor_interval_s=0.05)
 
 
 def _write(conn, n, start=0):
@@ -29,9 +31,17 @@ def _write(conn, n, start=0):
         conn.execute("INSERT INTO t(v) VALUES (?)", (f"row {i}".encode() * 20,))
 
 
-@pytest.fixture
-def env(tmp_path):
-    db, replica = tmp_path / "app.db", tmp_path / "replica"
+@pytest.fixture(params=["file", "s3"])
+def env(request, tmp_path):
+    """Every test here runs against a directory replica and an S3 replica (moto's server)."""
+    db = tmp_path / "app.db"
+    if request.param == "file":
+        replica = _file_replica(tmp_path / "replica")
+    else:
+        server = request.getfixturevalue("moto_server")
+        opts = request.getfixturevalue("make_bucket")(server)
+        replica = ReplicaConfig(name="s3", url=f"s3://{opts.bucket}/{opts.prefix}", type="s3", s3=opts,
+                                sync_interval_s=0.01)
     conn = apsw.Connection(str(db))
     conn.set_busy_timeout(2000)
     list(conn.execute("PRAGMA journal_mode=wal; CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)"))
@@ -49,13 +59,13 @@ def _run_once(cfg, steps=1) -> DbReplicator:
     return rep
 
 
-def _generations(replica):
-    return layout.parse_listing(open_storage(f"file://{replica}").list(layout.GENERATIONS)).generations
+def _generations(replica: ReplicaConfig):
+    return layout.parse_listing(open_storage(replica).list(layout.GENERATIONS)).generations
 
 
-def _restored_hash(replica, out, target=Target()):
+def _restored_hash(replica: ReplicaConfig, out, target=Target()):
     out.unlink(missing_ok=True)
-    restore(open_storage(f"file://{replica}"), out, target)
+    restore(open_storage(replica), out, target)
     return content_hash(out)
 
 
@@ -127,7 +137,7 @@ def test_snapshot_in_the_generation_is_used_by_later_restores(env, tmp_path):
     assert [s.txid for s in gen.snapshots][-1] == txid
     assert gen.snapshots[-1].name == "before-migration"
     out = tmp_path / "o.db"
-    result = restore(open_storage(f"file://{replica}"), out)
+    result = restore(open_storage(replica), out)
     assert result.snapshot_key == gen.snapshots[-1].key and result.segments == 1
     assert content_hash(out) == content_hash(db)
 
@@ -190,7 +200,7 @@ def test_database_written_by_another_sqlite_version(tmp_path):
     """The stdlib's SQLite stamps its own version in page 1; the backup API stamps apsw's."""
     import sqlite3
 
-    db, replica = tmp_path / "std.db", tmp_path / "replica"
+    db, replica = tmp_path / "std.db", _file_replica(tmp_path / "replica")
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute("PRAGMA journal_mode=wal")
     conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")

@@ -44,3 +44,34 @@ def test_run_replicates_each_db_to_each_replica(tmp_path: Path, sig: int) -> Non
             out = tmp_path / f"restored-{replica.name}.db"
             restore(open_storage(f"file://{replica}"), out)
             assert content_hash(out) == content_hash(db)
+
+
+def test_run_to_a_file_and_an_s3_replica(tmp_path: Path, moto_server, make_bucket) -> None:
+    """The same database to a directory and to S3 (moto's server) from one config."""
+    from replicator.config import ReplicaConfig
+
+    db = tmp_path / "app.db"
+    conn = apsw.Connection(str(db))
+    conn.set_busy_timeout(2000)
+    list(conn.execute("PRAGMA journal_mode=wal; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)"))
+    opts = make_bucket(moto_server, prefix="app")
+    config = tmp_path / "replicator.yml"
+    config.write_text(
+        f"access-key-id: {opts.access_key_id}\nsecret-access-key: {opts.secret_access_key}\n"
+        f"dbs:\n  - path: {db}\n    replicas:\n      - url: file://{tmp_path}/r1\n"
+        f"      - type: s3\n        bucket: {opts.bucket}\n        path: app\n"
+        f"        endpoint: {opts.endpoint}\n        region: {opts.region}\n        sync-interval: 100ms\n")
+    log = tmp_path / "run.log"
+    proc = start_replicator(["run", "-c", str(config)], log)
+    wait_for(lambda: "replicating" in log.read_text(), 30, "the daemon to start")
+    for i in range(100):
+        conn.execute("INSERT INTO t(v) VALUES (?)", (f"value {i}",))
+    assert stop(proc) == 0, log.read_text()[-2000:]
+    assert opts.secret_access_key not in log.read_text()
+    conn.close()
+    s3 = ReplicaConfig(name="s3", url=f"s3://{opts.bucket}/app", type="s3", s3=opts)
+    for storage in (open_storage(f"file://{tmp_path}/r1"), open_storage(s3)):
+        out = tmp_path / "restored.db"
+        out.unlink(missing_ok=True)
+        restore(storage, out)
+        assert content_hash(out) == content_hash(db)
