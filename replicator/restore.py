@@ -12,6 +12,8 @@ import concurrent.futures as cf
 import dataclasses
 import logging
 import os
+import queue
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -20,7 +22,7 @@ from typing import Callable, Iterator
 import apsw
 
 from . import layout
-from .dbhash import file_checksum
+from .dbhash import page_hash
 from .errors import CorruptObject, OutputExists, RestoreError
 from .layout import SegmentInfo
 from .plan import Plan, Target, plan_restore
@@ -60,8 +62,11 @@ def restore(storage: Storage, output: str | os.PathLike, target: Target = Target
     tmp = out.with_name(f".{out.name}.restoring-{uuid.uuid4().hex[:8]}")
     try:
         result = _apply(storage, plan, tmp, parallelism)
-        if verify:
-            _integrity_check(tmp)
+        with cf.ThreadPoolExecutor(1) as pool:  # the fsync and SQLite's check overlap
+            synced = pool.submit(_fsync, tmp)
+            if verify:
+                _integrity_check(tmp)
+            synced.result()
         if force:
             for suffix in ("-wal", "-shm", "-journal"):  # a stale WAL would be replayed onto it
                 Path(str(out) + suffix).unlink(missing_ok=True)
@@ -93,14 +98,62 @@ def _segments_newest_first(storage: Storage, segments: tuple[SegmentInfo, ...],
             yield order[i], window.pop(0).result()
 
 
+class _Output:
+    """The restored file: pages are written once each, and hashed as they are written."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.checksum = 0
+        self.written = bytearray()
+
+    def write(self, first: int, pages: memoryview | bytes, ps: int) -> None:
+        os.pwrite(self.fd, pages, (first - 1) * ps)
+        mv = memoryview(pages)
+        value = self.checksum
+        for i in range(len(mv) // ps):
+            value ^= page_hash(first + i, mv[i * ps:(i + 1) * ps])
+        self.checksum = value
+        self.written[first:first + len(mv) // ps] = b"\x01" * (len(mv) // ps)
+
+    def holes_checksum(self, db_size: int, ps: int) -> int:
+        """Pages no object wrote (a commit shrank then regrew the file) read back as zeros."""
+        zero, value, pgno = bytes(ps), 0, self.written.find(0, 1, db_size + 1)
+        while pgno != -1:
+            value ^= page_hash(pgno, zero)
+            pgno = self.written.find(0, pgno + 1, db_size + 1)
+        return value
+
+
+def _pages_ahead(reader: SnapshotReader, depth: int = 4) -> Iterator[tuple[int, memoryview]]:
+    """Decompress on a thread while the caller writes (both release the GIL)."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in reader.pages():
+                q.put(item)
+            q.put(done)
+        except BaseException as err:  # handed to the consumer, raised there
+            q.put(err)
+
+    t = threading.Thread(target=produce, name="snapshot-reader", daemon=True)
+    t.start()
+    while (item := q.get()) is not done:
+        if isinstance(item, BaseException):
+            t.join()
+            raise item
+        yield item
+    t.join()
+
+
 def _apply(storage: Storage, plan: Plan, tmp: Path, parallelism: int) -> tuple[int, int, int, int]:
     snap = plan.snapshot
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    out = _Output(fd)
     try:
         final: Transaction | None = None
-        cut = None  # smallest db size from here to the target: older pages past it are dead
-        written = bytearray()
-        ps = 0
+        cut = 0  # smallest db size from here to the target: older pages past it are dead
         for info, txs in _segments_newest_first(storage, plan.segments, parallelism):
             for tx in reversed(txs):
                 if tx.txid <= snap.txid or (plan.stop_txid is not None and tx.txid > plan.stop_txid):
@@ -109,22 +162,20 @@ def _apply(storage: Storage, plan: Plan, tmp: Path, parallelism: int) -> tuple[i
                     continue
                 if final is None:
                     final, cut = tx, tx.db_size
-                    written = bytearray(tx.db_size + 1)
+                    out.written = bytearray(tx.db_size + 1)
                 cut = min(cut, tx.db_size)
                 for pgno, page in tx.pages:
-                    if pgno <= cut and not written[pgno]:
-                        ps = len(page)
-                        os.pwrite(fd, page, (pgno - 1) * ps)
-                        written[pgno] = 1
+                    if pgno <= cut and not out.written[pgno]:
+                        out.write(pgno, page, len(page))
         with storage.open(snap.key) as f:
             size = storage.stat(snap.key).size
             reader = SnapshotReader(f, snap.key, size)
             ps = reader.header.page_size
             if final is None:
                 cut = reader.header.db_size
-                written = bytearray(cut + 1)
-            for first, run in reader.pages():
-                _write_unwritten(fd, first, run, ps, cut, written)
+                out.written = bytearray(cut + 1)
+            for first, run in _pages_ahead(reader):
+                _write_unwritten(out, first, run, ps, cut)
             trailer = reader.verify()
         if final is None:
             txid, time_ns, db_size, checksum = snap.txid, reader.header.first_time_ns, reader.header.db_size, trailer.db_checksum
@@ -133,9 +184,7 @@ def _apply(storage: Storage, plan: Plan, tmp: Path, parallelism: int) -> tuple[i
         if plan.expected_txid is not None and plan.stop_time_ns is None and txid != plan.expected_txid:
             raise RestoreError(f"replica promised txid {plan.expected_txid} but holds only up to {txid}")
         os.ftruncate(fd, db_size * ps)
-        os.fsync(fd)
-        with open(fd, "rb", closefd=False) as f:
-            actual = file_checksum(f, ps, db_size)
+        actual = out.checksum ^ out.holes_checksum(db_size, ps)
         if actual != checksum:
             raise CorruptObject(plan.snapshot.key, f"restored database checksum {actual:016x} != recorded "
                                 f"{checksum:016x} at txid {txid}")
@@ -146,9 +195,10 @@ def _apply(storage: Storage, plan: Plan, tmp: Path, parallelism: int) -> tuple[i
         os.close(fd)
 
 
-def _write_unwritten(fd: int, first: int, run: memoryview, ps: int, cut: int, written: bytearray) -> None:
-    """pwrite the pages of a snapshot run that no segment wrote, coalescing adjacent ones."""
+def _write_unwritten(out: _Output, first: int, run: memoryview, ps: int, cut: int) -> None:
+    """Write the pages of a snapshot run that no segment wrote, coalescing adjacent ones."""
     n = len(run) // ps
+    written = out.written
     i = 0
     while i < n:
         pgno = first + i
@@ -160,8 +210,16 @@ def _write_unwritten(fd: int, first: int, run: memoryview, ps: int, cut: int, wr
         j = i
         while j < n and first + j <= cut and not written[first + j]:
             j += 1
-        os.pwrite(fd, run[i * ps:j * ps], (pgno - 1) * ps)
+        out.write(pgno, run[i * ps:j * ps], ps)
         i = j
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _integrity_check(path: Path) -> None:
