@@ -28,6 +28,7 @@ MAX_MERGED_BYTES = 64 << 20  # one merged segment at most: bounds upload memory 
 OUTAGE_LOG_INTERVAL_S = 60.0  # one line per minute while a replica is unreachable
 RETRY_DELAY_S = (0.1, 5.0)  # backoff between failed upload rounds (min, max)
 REQUEST_LOG_INTERVAL_S = 60.0
+MIN_ROUND_INTERVAL_S = 0.005  # sync-interval 0 still batches a busy writer's commits a little
 LEASE_TTL_S = 600.0  # long: renewed only alongside uploads, so an idle replica costs no requests
 
 
@@ -167,8 +168,8 @@ class Shipper:
             self._hurry.clear()
             self._rounds += 1
             self._log_requests()
-            if self.cfg.sync_interval_s > 0 and not retrying:
-                self._hurry.wait(self.cfg.sync_interval_s)  # at most one round per interval
+            if not retrying:  # at most one round per interval (a few ms for "at once")
+                self._hurry.wait(max(self.cfg.sync_interval_s, MIN_ROUND_INTERVAL_S))
 
     def _note_failure(self, err: StorageError | LeaseHeld) -> None:
         self.last_error = str(err)
