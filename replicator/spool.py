@@ -12,17 +12,21 @@ durable in the spool, so the state never claims more than the spool holds.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
+import threading
 import json
 import os
 import struct
 import zlib
 from array import array
 from pathlib import Path
+from typing import BinaryIO, Iterable, Iterator
 
 from .dbhash import DbChecksum
 from .source import Position
+from .storage.base import ObjectInfo
 from .storage.file import FileStorage, fsync_dir
 
 _LEN = struct.Struct("<II")  # payload length, crc32
@@ -46,7 +50,8 @@ class Spool:
         self.dir = spool_dir(db_path)
         # Not fsynced per batch: copied frames stay in the WAL until our own checkpoint lets
         # the WAL restart, and the daemon syncs the spool right before each checkpoint.
-        self.objects = FileStorage(self.dir / "objects", url=f"spool:{self.dir}", durable=False)
+        self.objects = IndexedObjects(FileStorage(self.dir / "objects", url=f"spool:{self.dir}",
+                                                  durable=False))
         self.state_dir = self.dir / "state"
         self.requests_dir = self.dir / "requests"
         self._lock_fd = -1
@@ -176,6 +181,63 @@ class Spool:
     def clear_state(self) -> None:
         for name in ("base.bin", "log.bin"):
             (self.state_dir / name).unlink(missing_ok=True)
+
+
+class IndexedObjects:
+    """The spool's objects with an in-memory index, so listing costs no directory walk.
+
+    Valid because one process owns the spool (its flock): every change goes through here.
+    The index is built by one walk on first use.
+    """
+
+    def __init__(self, inner: FileStorage):
+        self.inner = inner
+        self.url = inner.url
+        self._index: dict[str, ObjectInfo] | None = None
+        self._lock = threading.Lock()
+
+    def _ensure(self) -> dict[str, ObjectInfo]:
+        if self._index is None:
+            self._index = {o.key: o for o in self.inner.list()}
+        return self._index
+
+    def put(self, key: str, data: bytes) -> None:
+        self.inner.put(key, data)
+        with self._lock:
+            self._ensure()[key] = ObjectInfo(key, len(data))
+
+    @contextlib.contextmanager
+    def writer(self, key: str) -> Iterator[BinaryIO]:
+        with self.inner.writer(key) as out:
+            yield out
+        with self._lock:
+            self._ensure()[key] = self.inner.stat(key)
+
+    def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectInfo]:
+        with self._lock:
+            infos = sorted((o for k, o in self._ensure().items() if k.startswith(prefix)),
+                           key=lambda o: o.key)
+        return iter([o for o in infos if start_after is None or o.key > start_after])
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        self.inner.delete_many(keys)
+        with self._lock:
+            index = self._ensure()
+            for key in keys:
+                index.pop(key, None)
+
+    def get(self, key: str) -> bytes:
+        return self.inner.get(key)
+
+    def open(self, key: str, offset: int = 0, length: int | None = None) -> BinaryIO:
+        return self.inner.open(key, offset, length)
+
+    def stat(self, key: str) -> ObjectInfo:
+        return self.inner.stat(key)
+
+    def sync(self) -> None:
+        self.inner.sync()
 
 
 def _unframe(data: bytes) -> tuple[bytes, bytes]:
