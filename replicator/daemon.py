@@ -5,8 +5,6 @@ timers and a graceful stop that ships everything committed before exiting.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -27,9 +25,6 @@ log = logging.getLogger(__name__)
 SEGMENT_MAX_PAGE_BYTES = 32 << 20  # split a large batch into segments of about this much data
 DRAIN_TIMEOUT_S = 30.0
 MIN_BATCH_INTERVAL_S = 0.005  # at most ~200 batches a second; adds <= 5 ms to the RPO  # on stop, how long to keep shipping to a replica that is slow
-# Header fields the backup API rewrites in its destination: change counter, schema cookie,
-# version-valid-for and the SQLite version that wrote the file.
-PAGE1_VOLATILE = (range(24, 28), range(40, 44), range(92, 100))
 
 
 class DbReplicator:
@@ -178,8 +173,7 @@ class DbReplicator:
         with self.source.fence():
             self.source.advance_read()
             hdr = self.source.start_position(txid)
-            page1 = self.source.page_at(1, hdr)
-        checksum = self._snapshot(txid, now, page1, expected=None, poll=lambda: None)
+        checksum = self._snapshot(txid, now, hdr, expected=None, poll=lambda: None)
         self.source.checksum = checksum
         self.spool.save_base(self.generation, self.source.pos, checksum)
         self.last_snapshot_ns = now
@@ -193,40 +187,33 @@ class DbReplicator:
             copied = self.source.copy()
             self.source.advance_read()
             hdr = self.source.index_header()
-            page1 = self.source.page_at(1, hdr)
             now = self._now()
         self._spool_batch(copied)
         assert self.source.checksum is not None and self.source.pos is not None
         txid, expected = self.source.pos.txid, self.source.checksum.value
-        self._snapshot(txid, now, page1, expected=expected, poll=self._copy_and_spool, name=name)
+        self._snapshot(txid, now, hdr, expected=expected, poll=self._copy_and_spool, name=name)
         self.last_snapshot_ns = now
         log.info("%s: snapshot at txid %d", self.cfg.path, txid)
         self._notify()
         return txid
 
-    def _snapshot(self, txid: int, time_ns: int, page1: bytes, expected: int | None,
+    def _snapshot(self, txid: int, time_ns: int, hdr, expected: int | None,
                   poll: Callable[[], None], name: str | None = None):
+        """Stream R's view into a snapshot object in the spool; returns its checksum state.
+
+        In a running generation the image must hash to the tail's running checksum at that
+        txid: two independent paths (WAL frames as copied, and the image as read) agree.
+        """
         ps = self.source.page_size
-        with tempfile.TemporaryDirectory(dir=self.spool.dir, prefix=".snap-") as tmpdir:
-            image = os.path.join(tmpdir, "image.db")
-            self.source.backup_to(image, poll)
-            size = os.path.getsize(image)
-            with open(image, "r+b") as f:
-                theirs = f.read(ps)
-                diff = [i for i in range(min(len(theirs), len(page1))) if theirs[i] != page1[i]]
-                if any(not any(i in r for r in PAGE1_VOLATILE) for i in diff):
-                    raise SourceError(f"{self.cfg.path}: page 1 of the backup differs from the WAL's "
-                                      f"beyond the change counter (bytes {diff[:8]})")
-                f.seek(0)
-                f.write(page1)  # the backup bumped the change counter: put the source's back
-                f.seek(0)
-                key = layout.snapshot_key(self.generation, txid, time_ns, name)
-                with self.spool.objects.writer(key) as out:
-                    writer = SnapshotWriter(out, self.generation, ps, txid, time_ns, size // ps)
-                    while chunk := f.read(4 << 20):
-                        writer.write_pages(chunk)
-                    value = writer.finish()
+        n_pages, chunks = self.source.image(hdr, poll)
+        key = layout.snapshot_key(self.generation, txid, time_ns, name)
+        with self.spool.objects.writer(key) as out:
+            writer = SnapshotWriter(out, self.generation, ps, txid, time_ns, n_pages)
+            for _, chunk in chunks:
+                writer.write_pages(chunk)
+            value = writer.finish()
         if expected is not None and value != expected:
+            self.spool.objects.delete_many([key])
             raise SourceError(f"{self.cfg.path}: snapshot at txid {txid} does not match the tail's "
                               f"checksum ({value:016x} != {expected:016x})")
         return writer.checksum

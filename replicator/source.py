@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 MAX_READ_BYTES = 64 << 20  # one pread of WAL frames at most; bounds memory per copy
 SHM_RETRIES = 1000  # torn wal-index reads are retried (a writer updates it in ~µs)
-BACKUP_STEP_PAGES = 4096  # 16 MiB at 4 KiB pages between copy-loop polls during a snapshot
+IMAGE_CHUNK_PAGES = 2048  # 8 MiB at 4 KiB pages per read (and copy-loop poll) during a snapshot
 
 
 class ContinuityLost(Exception):
@@ -276,19 +276,43 @@ class Source:
             self.pos = Position(salts, self.pos.frame + i + 1, (c1, c2), txid)
         return txs
 
-    def page_at(self, pgno: int, hdr: wal.IndexHeader) -> bytes:
-        """One page as of mxFrame: its newest frame in the WAL, else the database file.
+    def image(self, hdr: wal.IndexHeader, poll: Callable[[], None]) -> tuple[int, Iterator[tuple[int, bytes]]]:
+        """R's view of the database as (page count, chunks of pages in order).
 
-        Call inside a fence. Pages read from the database file are stable: a checkpoint only
-        writes pages that have frames at or below the readers' marks.
+        `hdr` must have been read inside the fence in which R began its read transaction.
+        Each page is its newest WAL frame at or below mxFrame, else the database file's copy.
+        That is R's view, byte for byte, and stable while R holds its transaction: a
+        checkpoint writes into the file only pages that have frames at or below every
+        reader's mark (so never a page we read from the file), and the WAL cannot restart
+        under a reader on marks 1..4. When everything is backfilled (R may hold mark 0 and the
+        WAL may restart), the file alone is R's view and no checkpoint can touch it.
+        Between chunks `poll` runs the copy loop (it must not move R's mark).
         """
         ps = self.page_size
-        for frame in range(hdr.mx_frame, 0, -1):
-            off = wal.frame_offset(frame, ps)
-            fh = wal.parse_frame_header(os.pread(self._wal_fd, wal.FRAME_HEADER_SIZE, off))
-            if fh.pgno == pgno:
-                return os.pread(self._wal_fd, ps, off + wal.FRAME_HEADER_SIZE)
-        return os.pread(self._db_fd, ps, (pgno - 1) * ps)
+        latest: dict[int, int] = {}
+        if hdr.mx_frame > hdr.nbackfill:
+            for frame in range(1, hdr.mx_frame + 1):
+                off = wal.frame_offset(frame, ps)
+                latest[wal.parse_frame_header(os.pread(self._wal_fd, wal.FRAME_HEADER_SIZE, off)).pgno] = frame
+        n_pages = hdr.n_page if hdr.mx_frame else os.fstat(self._db_fd).st_size // ps
+
+        def chunks() -> Iterator[tuple[int, bytes]]:
+            overlay = sorted(latest.items())
+            k = 0
+            for first in range(1, n_pages + 1, IMAGE_CHUNK_PAGES):
+                count = min(IMAGE_CHUNK_PAGES, n_pages - first + 1)
+                buf = bytearray(os.pread(self._db_fd, count * ps, (first - 1) * ps))
+                buf.extend(bytes(count * ps - len(buf)))  # pages that live only in the WAL
+                while k < len(overlay) and overlay[k][0] < first + count:
+                    pgno, frame = overlay[k]
+                    if pgno >= first:
+                        off = wal.frame_offset(frame, ps) + wal.FRAME_HEADER_SIZE
+                        buf[(pgno - first) * ps:(pgno - first + 1) * ps] = os.pread(self._wal_fd, ps, off)
+                    k += 1
+                yield first, bytes(buf)
+                poll()
+
+        return n_pages, chunks()
 
     # -- checkpoints -----------------------------------------------------------------
 
@@ -334,24 +358,6 @@ class Source:
             finally:
                 self._begin_read()
         ship(txs)
-
-    def backup_to(self, dest_path: str, poll: Callable[[], None]) -> None:
-        """Copy R's view into a new database file with the backup API, stepping in chunks.
-
-        Between chunks `poll` runs the copy loop, so new commits keep flowing while a large
-        snapshot is read (R's mark must not move meanwhile: poll never checkpoints).
-        """
-        assert self.R is not None
-        dest = apsw.Connection(dest_path)
-        try:
-            dest.execute("PRAGMA journal_mode=OFF").fetchall()
-            dest.execute("PRAGMA synchronous=OFF").fetchall()
-            with dest.backup("main", self.R, "main") as b:
-                while not b.done:
-                    b.step(BACKUP_STEP_PAGES)
-                    poll()
-        finally:
-            dest.close()
 
     def wal_frames(self) -> int:
         return self.index_header().mx_frame

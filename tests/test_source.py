@@ -136,17 +136,28 @@ def test_rejects_a_file_that_is_not_sqlite(tmp_path):
         Source(str(p)).open()
 
 
-def test_page_at_matches_the_database_view(db):
+def test_image_is_the_database_as_of_mxframe(db, tmp_path):
+    """Pages from the WAL overlay the file; commits after R's snapshot are not in the image."""
     path, app = db
     src = _started(path)
     try:
-        app.execute("INSERT INTO t(v) VALUES (x'08')")
+        for i in range(30):
+            app.execute("INSERT INTO t(v) VALUES (?)", (bytes([i]) * 3000,))
         with src.fence():
             src.copy()
             src.advance_read()
             hdr = src.index_header()
-            page1 = src.page_at(1, hdr)
-        assert page1[:16] == b"SQLite format 3\x00"
-        assert len(page1) == src.page_size
+        app.execute("INSERT INTO t(v) VALUES (x'99')")  # after R's snapshot: not in the image
+        n_pages, chunks = src.image(hdr, poll=lambda: None)
+        data = b"".join(chunk for _, chunk in chunks)
+        assert len(data) == n_pages * src.page_size
+        copy = tmp_path / "image.db"
+        copy.write_bytes(data)
+        conn = apsw.Connection(f"file:{copy}?immutable=1", flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+        try:
+            assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+            assert conn.execute("SELECT count(*) FROM t").fetchall() == [(30,)]
+        finally:
+            conn.close()
     finally:
         src.close()
