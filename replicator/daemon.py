@@ -13,6 +13,7 @@ from typing import Callable
 from . import layout
 from .config import Config, DbConfig
 from .errors import ReplicatorError, SourceError
+from .prefetch import prefetch
 from .replica import Shipper
 from .segment import SegmentEncoder, SnapshotWriter, Transaction
 from .source import ContinuityLost, Source, transactions
@@ -205,12 +206,13 @@ class DbReplicator:
         txid: two independent paths (WAL frames as copied, and the image as read) agree.
         """
         ps = self.source.page_size
-        n_pages, chunks = self.source.image(hdr, poll)
+        n_pages, chunks = self.source.image(hdr)
         key = layout.snapshot_key(self.generation, txid, time_ns, name)
         with self.spool.objects.writer(key) as out:
             writer = SnapshotWriter(out, self.generation, ps, txid, time_ns, n_pages)
-            for _, chunk in chunks:
+            for _, chunk in prefetch(chunks, name="snapshot-image"):
                 writer.write_pages(chunk)
+                poll()  # commits keep flowing while a large image is read (R's mark stays)
             value = writer.finish()
         if expected is not None and value != expected:
             self.spool.objects.delete_many([key])

@@ -12,8 +12,6 @@ import concurrent.futures as cf
 import dataclasses
 import logging
 import os
-import queue
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -26,6 +24,7 @@ from .dbhash import page_hash
 from .errors import CorruptObject, OutputExists, RestoreError
 from .layout import SegmentInfo
 from .plan import Plan, Target, plan_restore
+from .prefetch import prefetch
 from .segment import SnapshotReader, Transaction, decode_segment
 from .storage import Storage, StorageError
 from .storage.file import fsync_dir
@@ -124,29 +123,6 @@ class _Output:
         return value
 
 
-def _pages_ahead(reader: SnapshotReader, depth: int = 4) -> Iterator[tuple[int, memoryview]]:
-    """Decompress on a thread while the caller writes (both release the GIL)."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-
-    def produce() -> None:
-        try:
-            for item in reader.pages():
-                q.put(item)
-            q.put(done)
-        except BaseException as err:  # handed to the consumer, raised there
-            q.put(err)
-
-    t = threading.Thread(target=produce, name="snapshot-reader", daemon=True)
-    t.start()
-    while (item := q.get()) is not done:
-        if isinstance(item, BaseException):
-            t.join()
-            raise item
-        yield item
-    t.join()
-
-
 def _apply(storage: Storage, plan: Plan, tmp: Path, parallelism: int) -> tuple[int, int, int, int]:
     snap = plan.snapshot
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
@@ -174,7 +150,7 @@ def _apply(storage: Storage, plan: Plan, tmp: Path, parallelism: int) -> tuple[i
             if final is None:
                 cut = reader.header.db_size
                 out.written = bytearray(cut + 1)
-            for first, run in _pages_ahead(reader):
+            for first, run in prefetch(reader.pages(), name="snapshot-reader"):
                 _write_unwritten(out, first, run, ps, cut)
             trailer = reader.verify()
         if final is None:

@@ -276,7 +276,7 @@ class Source:
             self.pos = Position(salts, self.pos.frame + i + 1, (c1, c2), txid)
         return txs
 
-    def image(self, hdr: wal.IndexHeader, poll: Callable[[], None]) -> tuple[int, Iterator[tuple[int, bytes]]]:
+    def image(self, hdr: wal.IndexHeader) -> tuple[int, Iterator[tuple[int, bytes]]]:
         """R's view of the database as (page count, chunks of pages in order).
 
         `hdr` must have been read inside the fence in which R began its read transaction.
@@ -286,7 +286,8 @@ class Source:
         reader's mark (so never a page we read from the file), and the WAL cannot restart
         under a reader on marks 1..4. When everything is backfilled (R may hold mark 0 and the
         WAL may restart), the file alone is R's view and no checkpoint can touch it.
-        Between chunks `poll` runs the copy loop (it must not move R's mark).
+        The chunks only read (they may be produced on another thread); the caller must not
+        move R's mark before the last one.
         """
         ps = self.page_size
         latest: dict[int, int] = {}
@@ -310,7 +311,6 @@ class Source:
                         buf[(pgno - first) * ps:(pgno - first + 1) * ps] = os.pread(self._wal_fd, ps, off)
                     k += 1
                 yield first, bytes(buf)
-                poll()
 
         return n_pages, chunks()
 

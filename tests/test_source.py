@@ -148,7 +148,7 @@ def test_image_is_the_database_as_of_mxframe(db, tmp_path):
             src.advance_read()
             hdr = src.index_header()
         app.execute("INSERT INTO t(v) VALUES (x'99')")  # after R's snapshot: not in the image
-        n_pages, chunks = src.image(hdr, poll=lambda: None)
+        n_pages, chunks = src.image(hdr)
         data = b"".join(chunk for _, chunk in chunks)
         assert len(data) == n_pages * src.page_size
         copy = tmp_path / "image.db"

@@ -81,7 +81,7 @@ class FileStorage:
     def put(self, key: str, data: bytes | BinaryIO) -> None:
         path = self._path(key)
         try:
-            tmp = self._write_tmp(path, data)
+            tmp = self._link_tmp(path, data) or self._write_tmp(path, data)
             os.replace(tmp, path)
             if self.durable:
                 fsync_dir(path.parent)
@@ -90,6 +90,27 @@ class FileStorage:
                     self._unsynced.add(path)
         except OSError as err:
             raise _translate(err, f"{self.url}/{key}") from None
+
+    def _link_tmp(self, path: Path, data: bytes | BinaryIO) -> Path | None:
+        """A durable local file on the same filesystem is linked, not copied.
+
+        Objects are immutable, and a second name on one filesystem survives exactly what a
+        copy there would; a snapshot of a large database then costs no second write.
+        """
+        name = getattr(data, "name", None)
+        if not isinstance(name, str) or not self.durable or getattr(data, "tell", lambda: 0)() != 0:
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if os.stat(name).st_dev != os.stat(path.parent).st_dev:
+                return None
+            with open(name, "rb") as src:
+                os.fsync(src.fileno())  # the link shares the source's data: make it durable
+            tmp = path.parent / f"{_TMP_PREFIX}{path.name}.{uuid.uuid4().hex[:8]}"
+            os.link(name, tmp)
+            return tmp
+        except OSError:
+            return None  # no hard links here (other filesystem, permissions): copy instead
 
     def sync(self) -> None:
         """Make every object written since the last sync durable (files, then directories)."""
