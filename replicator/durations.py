@@ -14,6 +14,8 @@ def parse_duration(text: str | int | float) -> float:
     if isinstance(text, bool):
         raise ValueError(f"not a duration: {text!r}")
     if isinstance(text, (int, float)):
+        if text != text or text in (float("inf"), float("-inf")):
+            raise ValueError(f"not a duration: {text!r}")
         if text < 0:
             raise ValueError(f"negative duration: {text!r}")
         return float(text)

@@ -184,7 +184,7 @@ def merge_segments(encoded: Sequence[bytes], keys: Sequence[str] | None = None) 
     keys = keys or [f"<segment {i}>" for i in range(len(encoded))]
     headers, bodies = [], []
     last_trailer = None
-    for data, key in zip(encoded, keys):
+    for data, key in zip(encoded, keys, strict=True):
         h = parse_header(data, key, SEGMENT_MAGIC)
         body, last_trailer = _check_body(data, key)
         if headers and (h.first_txid != headers[-1].last_txid + 1 or h.generation != headers[0].generation):

@@ -97,3 +97,9 @@ def test_format_timestamp():
 @given(st.integers(0, 2**62))
 def test_formatted_timestamps_parse_back_to_the_millisecond(ns):
     assert parse_timestamp(format_timestamp(ns)) == ns - ns % 1_000_000
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_numbers_are_not_durations(value):
+    with pytest.raises(ValueError):
+        parse_duration(value)
