@@ -19,9 +19,13 @@ import click
 from .config import Config, DbConfig, ReplicaConfig
 
 
-def content_hash(path: str | Path) -> str:
-    """Hash of every table's rows in a stable order: equal content, equal hash."""
-    conn = apsw.Connection(f"file:{path}?mode=ro", flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+def content_hash(path: str | Path, immutable: bool = False) -> str:
+    """Hash of every table's rows in a stable order: equal content, equal hash.
+
+    immutable=True for a file nothing writes (a restore): SQLite then leaves no -wal/-shm.
+    """
+    mode = "immutable=1" if immutable else "mode=ro"
+    conn = apsw.Connection(f"file:{path}?{mode}", flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
     try:
         h = hashlib.sha256()
         tables = [r[0] for r in conn.execute(
@@ -72,7 +76,7 @@ def run_demo(directory: Path, rate: float, duration: float) -> None:
     restored.unlink(missing_ok=True)
     started = time.monotonic()
     result = restore(open_storage(replica), restored)
-    same = content_hash(db) == content_hash(restored)
+    same = content_hash(db) == content_hash(restored, immutable=True)
     click.echo(f"restored {restored} to txid {result.txid} in {time.monotonic() - started:.2f}s: "
                f"{'identical to' if same else 'DIFFERENT FROM'} {db}")
     click.echo(f"try: replicator generations {replica_dir}   |   replicator restore -o copy.db "
