@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 import shutil
 import statistics
@@ -18,6 +19,19 @@ from .tools import BENCH_DIR, Tool
 
 WORK = BENCH_DIR / "work"
 SNAPSHOT_TIMEOUT_S = 300.0
+_base = [WORK]
+
+
+def run_base() -> Path:
+    """This invocation's own directory under bench/work/ (concurrent runs must not share one)."""
+    return _base[0]
+
+
+def new_run_base() -> Path:
+    d = WORK / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    d.mkdir(parents=True, exist_ok=True)
+    _base[0] = d
+    return d
 
 
 @dataclasses.dataclass
@@ -33,8 +47,8 @@ class Settings:
     cpu_rate_s: float = 20.0
     idle_s: float = 30.0
     restore_size_mb: int = 1024
-    history_factors: tuple[float, ...] = (1.0,)  # WAL written after the snapshot, x db size
-    pitr_s: float = 12.0
+    history_factors: tuple[float, ...] = (1.0, 2.0)  # WAL written after the snapshot, x db size
+    pitr_s: float = 10.0
     pitr_rate: int = 500
     pitr_targets: int = 10
     seed: int = 7
@@ -63,7 +77,7 @@ class Context:
 
     def run_dir(self, name: str) -> Path:
         self._n += 1
-        d = WORK / "runs" / f"{self._n:03d}-{name}"
+        d = run_base() / "runs" / f"{self._n:03d}-{name}"
         if d.exists():
             shutil.rmtree(d)
         d.mkdir(parents=True)
@@ -90,10 +104,13 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
-def start_tool(tool: Tool, db: Path, replica: Path, log: Path) -> tuple[subprocess.Popen, float]:
+def start_tool(tool: Tool, db: Path, replica: Path, log: Path,
+               on_start=None) -> tuple[subprocess.Popen, float]:
     """Start replicating and wait until the first snapshot object is in the replica."""
     start = time.monotonic()
     proc = tool.start(db, replica, log)
+    if on_start is not None:
+        on_start(proc)
     waited = procs.wait_for(lambda: tool.snapshot_present(replica), SNAPSHOT_TIMEOUT_S, proc=proc)
     if waited is None:
         procs.stop(proc, timeout_s=10)

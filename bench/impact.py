@@ -49,6 +49,7 @@ def attached_run(ctx: Context, tool, rate: float, duration_s: float, seed: int, 
             res["cpu_s_per_gb_wal"] = cpu / (w["wal_bytes"] / 1e9) if w["wal_bytes"] else None
             res["cpu_s_per_mtx"] = cpu / (w["tx"] / 1e6) if w["tx"] else None
             res["stop_rc"] = procs.stop(proc, 2, 120)
+            res["replica_objects"] = tool.replica_objects(d / "replica")
         remove_data(d)
         return res
     finally:
@@ -65,7 +66,8 @@ def _fmt(r: dict) -> str:
          f"WAL high-water {r['wal_high_bytes'] / 2**20:6.1f} MiB")
     if "cpu_s" in r:
         s += (f", CPU {r['cpu_s']:.2f} s = {r['cpu_s_per_gb_wal']:.2f} s/GB WAL, "
-              f"{r['cpu_s_per_mtx']:.1f} s/Mtx, peak RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB")
+              f"{r['cpu_s_per_mtx']:.1f} s/Mtx, peak RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB, "
+              f"idle again {r['catch_up_s']:.1f} s after the writer, {r['replica_objects']} replica objects")
     return s
 
 

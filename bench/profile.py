@@ -43,9 +43,11 @@ def finish(proc: subprocess.Popen | None, out_base: Path) -> dict | None:
     if not raw.exists():
         return None
     summary = summarize(raw.read_text())
-    keep = Path(__file__).resolve().parent / "work" / "profiles"
+    from .common import run_base
+
+    keep = run_base() / "profiles"
     keep.mkdir(parents=True, exist_ok=True)
-    dest = keep / f"{out_base.parent.name}.txt"
+    dest = keep / f"{out_base.parent.name}-{out_base.name}.txt"
     shutil.copy(raw, dest)
     summary["file"] = str(dest)
     return summary

@@ -75,7 +75,7 @@ def write(path: Path, res: dict, info: dict, command: str, settings, versions: d
     lines += _table(["what", "value"], [
         ["command", f"`{command}`"],
         ["wall time of the run", f"{elapsed_s / 60:.1f} min"],
-        ["load average (1/5/15 min) at start / at end", f"{info['loadavg_start']} / {loadavg()} (other "
+        ["load average (1/5/15 min) at start / at end", f"{info['loadavg_start']} / {info.get('loadavg_end') or loadavg()} (other "
          "work on this machine, such as other test suites, adds noise; alternating the tools spreads it)"],
         ["nproc", str(info["nproc"])], ["CPU", info["cpu"]], ["memory", info["memory"]],
         ["kernel", info["kernel"]], ["filesystem (bench/work)", info["filesystem"]],
@@ -139,6 +139,9 @@ def _targets(res: dict, s) -> list[list[str]]:
         p0 = rst["points"][0]["tools"]
         r0, l0 = p0.get(R), p0.get(L)
         size_note = "" if s.restore_size_mb >= 1024 else f" (measured on {rst['db_bytes'] / 2**20:.0f} MiB)"
+        cp = rst.get("floors", {}).get("cp")
+        if cp:
+            size_note += f" (floor here: cp cold {mb / cp['cold']:.0f} MB/s)"
         if r0:
             rows.append([f"restore 1 GB cold >= 800 MB/s{size_note}", f"{mb / r0['cold']:.0f} MB/s",
                          yes(mb / r0["cold"] >= 800), f"{mb / l0['cold']:.0f} MB/s" if l0 else "-"])
@@ -149,6 +152,7 @@ def _targets(res: dict, s) -> list[list[str]]:
                          f"<= 1.5x the time at 0x)", f"{ratio_r:.2f}x", yes(ratio_r <= 1.5),
                          f"{ll['cold'] / l0['cold']:.2f}x" if ll and l0 else "-"])
         t = rst["tools"]
+        size_note = "" if s.restore_size_mb >= 1024 else f" (measured on {rst['db_bytes'] / 2**20:.0f} MiB)"
         if R in t:
             rows.append([f"first snapshot of 1 GB <= 3 s{size_note}", f"{t[R]['first_snapshot_s']:.2f} s",
                          yes(t[R]["first_snapshot_s"] <= 3.0),
@@ -212,7 +216,8 @@ def _impact(imp: dict, s) -> list[str]:
     out += _table(["figure", "alone", "replicator", "litestream", "ratio"], rows)
     out += ["", "Per run: " + "; ".join(
         f"{x['tool']} {x['writer']['tx_per_s']:.0f} tx/s, max {x['writer']['lat_max_s'] * 1000:.1f} ms, "
-        f"WAL {x['wal_high_bytes'] / 1e6:.1f} MB" for x in imp["runs"]), ""]
+        f"WAL {x['wal_high_bytes'] / 1e6:.1f} MB"
+        + (f", {x['replica_objects']} replica objects" if "replica_objects" in x else "") for x in imp["runs"]), ""]
     return out
 
 
@@ -238,6 +243,8 @@ def _cpu(cpu: dict, imp: dict | None, s) -> list[str]:
     add(f"{lab}: CPU s per million tx", rr.get(R, {}).get("cpu_s_per_mtx"), rr.get(L, {}).get("cpu_s_per_mtx"), "{:.1f}")
     add(f"{lab}: peak RSS (MiB)", _mib(rr.get(R, {}).get("peak_rss_bytes")), _mib(rr.get(L, {}).get("peak_rss_bytes")), "{:.0f}")
     add(f"{lab}: longest commit (ms)", _ms(rr.get(R)), _ms(rr.get(L)), "{:.1f}")
+    add(f"{lab}: catch-up after the writer stopped (s)", rr.get(R, {}).get("catch_up_s"), rr.get(L, {}).get("catch_up_s"), "{:.1f}")
+    add(f"{lab}: objects in the replica afterwards", rr.get(R, {}).get("replica_objects"), rr.get(L, {}).get("replica_objects"), "{:.0f}")
     idle = {x["tool"]: x for x in cpu["idle"]}
     add(f"idle {s.idle_s:g} s: CPU % of one core (stat ticks)", idle.get(R, {}).get("cpu_pct"), idle.get(L, {}).get("cpu_pct"), "{:.3f}")
     add(f"idle {s.idle_s:g} s: CPU % (schedstat, ns)", idle.get(R, {}).get("cpu_pct_precise"), idle.get(L, {}).get("cpu_pct_precise"), "{:.3f}")
@@ -277,6 +284,9 @@ def _restore(rst: dict, s) -> list[str]:
                      ("ok" if all(x is None or (x["cold_ok"] and x["warm_ok"]) for x in (r, l)) else "**MISMATCH**")])
     out += _table(["state", "", "R cold s", "R warm s", "R cold MB/s", "L cold s", "L warm s", "L cold MB/s",
                    "ratio cold", "verified"], rows)
+    out += ["", "Full images in the replica at each point (replicator: snapshots; Litestream: level-9 files): " + "; ".join(
+        f"{p['factor']:g}x: R {p['tools'].get(R, {}).get('replica_snapshots', '-')}, "
+        f"L {p['tools'].get(L, {}).get('replica_snapshots', '-')}" for p in rst["points"])]
     t = rst["tools"]
     out += ["", "Start and size:", ""]
     rows = []
@@ -289,6 +299,8 @@ def _restore(rst: dict, s) -> list[str]:
     add("replica / db size when the first object appeared", "replica_bytes_at_first", 1 / db)
     add("replica / db size after start (settled)", "replica_bytes_after_start", 1 / db)
     add(f"replica / db size after {rst['points'][-1]['factor']:g}x db size of updates", "replica_bytes_after_updates", 1 / db)
+    add(f"objects in the replica after {rst['points'][-1]['factor']:g}x db size of updates",
+        "replica_objects_after_updates", 1, "{:.0f}")
     add("peak RSS while taking the first snapshot (MiB)", "snapshot_peak_rss_bytes", 1 / 2**20, "{:.0f}")
     out += _table(["figure", "replicator", "litestream", "ratio"], rows)
     out += ["", "Ingesting the history (random row updates, 16 rows per transaction, writer flat out):", ""]
@@ -335,6 +347,9 @@ def _profiles(res: dict) -> list[str]:
     for r in res.get("cpu", {}).get("rate_runs", []):
         if r.get("profile"):
             profs.append((f"replicator, writer at {rate_label(r['rate'])} (CPU run)", r["profile"]))
+    snap = res.get("restore", {}).get("tools", {}).get(R, {}).get("profile")
+    if snap:
+        profs.append(("replicator taking the first snapshot", snap))
     for p in res.get("restore", {}).get("points", []):
         ing = p.get("ingest", {}).get(R)
         if ing and ing.get("profile"):
@@ -362,9 +377,9 @@ def _method(s) -> list[str]:
         "one ~200-byte row per transaction (BEGIN IMMEDIATE; INSERT; COMMIT) holding time.time_ns() taken "
         "inside the transaction, SQLite's default autocheckpoint (PASSIVE at 1000 pages, re-done after "
         "each commit because the WAL hook that counts frames replaces it).",
-        "Databases are created with apsw's SQLite, the same library the replicator links: a database whose "
-        "page 1 was last written by another SQLite version makes the replicator's first snapshot fail (see "
-        "the report of this run).",
+        "Databases are created with apsw's SQLite, the library the writer and the replicator use (a "
+        "database last written by another SQLite version made the replicator's first snapshot fail until "
+        "commit 9d8990f; a database made by Python's sqlite3 module 3.40.1 now replicates).",
         f"Durations are scaled down from issue 7 to keep the run short: writer impact {s.impact_s:g} s per "
         f"configuration (issue: 60 s), idle CPU over {s.idle_s:g} s, RPO writer {s.rpo_write_s[0]:g}-"
         f"{s.rpo_write_s[1]:g} s per run, restore database {s.restore_size_mb} MiB with history up to "

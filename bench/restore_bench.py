@@ -67,11 +67,13 @@ def floors(ctx: Context, src: Path, d: Path) -> dict:
     return res
 
 
-def restore_pair(ctx: Context, tool: Tool, src: Path, replica: Path, d: Path, label: str,
+def restore_pair(ctx: Context, tool: Tool, src: Path, replica: Path, d: Path, label: str, want: dict,
                  profile_it: bool = False) -> dict:
-    """Cold then warm restore of the latest state, each checked against the source."""
+    """Cold then warm restore of the latest state, each checked against the source's signature
+    `want` (taken while the tool still ran: opening and closing the source after the tool stopped
+    would make ours the last connection, whose close checkpoints and deletes the WAL, and the
+    next start of a tool could then not continue its history)."""
     out = d / f"restored-{tool.short}.db"
-    want = workload.db_signature(str(src), live=True)
     res: dict = {}
     for kind in ("cold", "warm"):
         out.unlink(missing_ok=True)
@@ -87,9 +89,11 @@ def restore_pair(ctx: Context, tool: Tool, src: Path, replica: Path, d: Path, la
         res["profile"] = _profile_restore(tool, src, replica, out, d)
     out.unlink(missing_ok=True)
     res["replica_bytes"] = tool.replica_bytes(replica)
+    res["replica_objects"] = tool.replica_objects(replica)
+    res["replica_snapshots"] = tool.replica_snapshots(replica)
     ok = "ok" if res["cold_ok"] and res["warm_ok"] else "MISMATCH/FAILED"
     say(f"  {tool.name:<10} {label}: restore cold {res['cold']:.2f} s, warm {res['warm']:.2f} s ({ok}); "
-        f"replica {res['replica_bytes'] / 2**20:.0f} MiB")
+        f"replica {res['replica_bytes'] / 2**20:.0f} MiB, {res['replica_snapshots']} snapshot(s)")
     return res
 
 
@@ -105,7 +109,9 @@ def _profile_restore(tool: Tool, src: Path, replica: Path, out: Path, d: Path) -
     if not raw.exists():
         return None
     summary = profile.summarize(raw.read_text())
-    keep = Path(profile.__file__).resolve().parent / "work" / "profiles"
+    from .common import run_base
+
+    keep = run_base() / "profiles"
     keep.mkdir(parents=True, exist_ok=True)
     shutil.copy(raw, keep / "restore.txt")
     summary["file"] = str(keep / "restore.txt")
@@ -133,28 +139,42 @@ def run(ctx: Context) -> dict:
     base.unlink()
 
     # Start: time to the first snapshot, replica size once settled.
+    wants: dict[str, dict] = {}
     for tool in ctx.order(0):
         proc = None
+        spies: list = []
+        prof = None
         try:
-            proc, first = start_tool(tool, srcs[tool.name], reps[tool.name], d / f"tool-{tool.short}.log")
+            hook = None
+            if s.profile and tool.name == "replicator":
+                def hook(p):
+                    spies.append(profile.start(p.pid, d / "profile-snapshot"))
+            proc, first = start_tool(tool, srcs[tool.name], reps[tool.name], d / f"tool-{tool.short}.log",
+                                     on_start=hook)
+            if spies:
+                prof = profile.finish(spies.pop(), d / "profile-snapshot")
             at_first = tool.replica_bytes(reps[tool.name])
             wait_idle(proc.pid)
             rss = procs.peak_rss_bytes(proc.pid)
+            wants[tool.name] = workload.db_signature(str(srcs[tool.name]), live=True)
             rc = procs.stop(proc, 2, 300)
         finally:
+            for spy in spies:
+                profile.abort(spy)
             if proc is not None and proc.poll() is None:
                 procs.stop(proc, 9, 10)
         settled = tool.replica_bytes(reps[tool.name])
         res["tools"][tool.name] = {"first_snapshot_s": first, "replica_bytes_at_first": at_first,
                                    "replica_bytes_after_start": settled, "snapshot_peak_rss_bytes": rss,
-                                   "stop_rc": rc}
+                                   "stop_rc": rc, "profile": prof}
         say(f"  {tool.name:<10} first snapshot after {first:.2f} s; replica/db after start "
             f"{settled / db_bytes:.2f}x (at first object {at_first / db_bytes:.2f}x); peak RSS "
             f"{rss / 2**20:.0f} MiB")
 
     point = {"factor": 0.0, "wal_bytes": 0, "tools": {}}
     for tool in ctx.order(1):
-        point["tools"][tool.name] = restore_pair(ctx, tool, srcs[tool.name], reps[tool.name], d, "history 0x")
+        point["tools"][tool.name] = restore_pair(ctx, tool, srcs[tool.name], reps[tool.name], d, "history 0x",
+                                                 wants[tool.name])
     res["points"].append(point)
 
     done, v = 0.0, 0
@@ -166,6 +186,7 @@ def run(ctx: Context) -> dict:
             ing = _add_history(ctx, tool, srcs[tool.name], reps[tool.name], d, n_tx, seed=5000 + k, first_v=v,
                                profile_it=s.profile and tool.name == "replicator" and k == len(s.history_factors) - 1)
             point["ingest"][tool.name] = ing
+            wants[tool.name] = ing.pop("want")
             last_v = ing["last_v"]
             say(f"  {tool.name:<10} +{ing['wal_bytes'] / 2**20:.0f} MiB WAL ({n_tx} tx) in {ing['writer_s']:.1f} s, "
                 f"caught up {ing['catch_up_s']:.1f} s later; CPU {ing['cpu_s']:.1f} s = "
@@ -176,12 +197,13 @@ def run(ctx: Context) -> dict:
         last = k == len(s.history_factors) - 1
         for tool in ctx.order(k + 1):
             point["tools"][tool.name] = restore_pair(ctx, tool, srcs[tool.name], reps[tool.name], d,
-                                                     f"history {factor:g}x",
+                                                     f"history {factor:g}x", wants[tool.name],
                                                      profile_it=s.profile and last)
         res["points"].append(point)
     for tool in ctx.tools:
-        final = res["points"][-1]["tools"][tool.name]["replica_bytes"]
-        res["tools"][tool.name]["replica_bytes_after_updates"] = final
+        final = res["points"][-1]["tools"][tool.name]
+        res["tools"][tool.name]["replica_bytes_after_updates"] = final["replica_bytes"]
+        res["tools"][tool.name]["replica_objects_after_updates"] = final["replica_objects"]
     shutil.rmtree(d / "replica-L", ignore_errors=True)
     shutil.rmtree(d / "replica-R", ignore_errors=True)
     for p in d.glob("*.db*"):
@@ -215,11 +237,12 @@ def _add_history(ctx: Context, tool: Tool, src: Path, replica: Path, d: Path, n_
         spy = None
         cpu = procs.cpu_seconds(proc.pid) - cpu0
         rss = procs.peak_rss_bytes(proc.pid)
+        want = workload.db_signature(str(src), live=True)  # while the tool holds its connections
         procs.stop(proc, 2, 600)
         h = read_json(result)
         return {"writer_s": writer_s, "catch_up_s": catch_up, "cpu_s": cpu, "wal_bytes": h["wal_bytes"],
                 "cpu_s_per_gb_wal": cpu / (h["wal_bytes"] / 1e9), "peak_rss_bytes": rss, "last_v": h["last_v"],
-                "tx": h["tx"], "profile": prof}
+                "tx": h["tx"], "profile": prof, "want": want}
     finally:
         if spy is not None:
             profile.abort(spy)

@@ -57,6 +57,13 @@ class Tool:
     def replica_bytes(self, replica: Path) -> int:
         return dir_bytes(replica)
 
+    def replica_snapshots(self, replica: Path) -> int:
+        """Full images in the replica (replicator: *.snap.zst; Litestream: level-9 LTX files)."""
+        return 0
+
+    def replica_objects(self, replica: Path) -> int:
+        return sum(len(files) for _, _, files in os.walk(replica))
+
     def restore(self, db: Path, replica: Path, out: Path, timestamp_ns: int | None = None,
                 log: Path | None = None) -> tuple[float, int]:
         """Run a restore to `out`; returns (wall seconds including an fsync of out, exit code)."""
@@ -75,6 +82,9 @@ class Tool:
 class Replicator(Tool):
     name = "replicator"
     short = "R"
+
+    def replica_snapshots(self, replica: Path) -> int:
+        return sum(1 for _, _, files in os.walk(replica) for n in files if n.endswith(".snap.zst"))
 
     def __init__(self) -> None:
         exe = Path(sys.executable).parent / "replicator"
@@ -111,6 +121,10 @@ class Replicator(Tool):
 class Litestream(Tool):
     name = "litestream"
     short = "L"
+
+    def replica_snapshots(self, replica: Path) -> int:
+        d = replica / "ltx" / "9"
+        return sum(1 for n in os.listdir(d) if n.endswith(".ltx")) if d.is_dir() else 0
 
     def __init__(self) -> None:
         self.exe = str(LITESTREAM_VENV / "bin" / "litestream")

@@ -132,9 +132,21 @@ def _open(db: str) -> tuple[apsw.Connection, _WalCounter, int]:
     conn.execute("PRAGMA journal_mode=WAL").fetchall()
     conn.execute("PRAGMA synchronous=NORMAL").fetchall()
     counter = _WalCounter()
+    conn.execute("SELECT count(*) FROM sqlite_schema").fetchall()  # maps the wal-index
+    counter.last = _wal_frames_now(db)  # frames already in the WAL are not ours to count
     conn.set_wal_hook(counter)
     page_size = conn.execute("PRAGMA page_size").fetchall()[0][0]
     return conn, counter, page_size
+
+
+def _wal_frames_now(db: str) -> int:
+    """mxFrame from the wal-index header (bytes 16-19, native order); 0 without a -shm."""
+    try:
+        with open(db + "-shm", "rb") as f:
+            head = f.read(20)
+    except FileNotFoundError:
+        return 0
+    return int.from_bytes(head[16:20], sys.byteorder) if len(head) == 20 else 0
 
 
 def _checkpoint_like_sqlite(conn: apsw.Connection, counter: _WalCounter) -> None:

@@ -1,0 +1,129 @@
+"""Two diagnostic probes behind the profile notes in RESULTS.md (not part of the suite):
+
+    python -m bench.probes threads [--rate R] [--seconds S]   CPU per replicator thread
+    python -m bench.probes fences  [--rate R] [--seconds S]   how long each write fence is held
+
+Both run `replicator replicate` on a fresh database with the benchmark's writer attached.
+`threads` reads utime+stime of every thread from /proc and names them with `py-spy dump`.
+`fences` starts the replicator through a wrapper that times `Source.fence` (the write lock the
+replicator takes, during which the application cannot commit) and logs those held > 5 ms, with
+the phase (checkpoint_start/finish, snapshot) they belong to. Neither changes replicator/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import procs, workload
+from .common import WORK
+
+_FENCE_WRAPPER = r'''
+import contextlib, os, sys, threading, time
+from replicator import source
+log = open(os.environ["FENCE_LOG"], "a", buffering=1)
+orig, local = source.Source.fence, threading.local()
+
+@contextlib.contextmanager
+def fence(self):
+    t0 = time.perf_counter()
+    with orig(self):
+        t1 = time.perf_counter()
+        try:
+            yield
+        finally:
+            held = time.perf_counter() - t1
+            if held > 0.005:
+                log.write(f"{held * 1000:.1f} {1000 * (t1 - t0):.1f} {getattr(local, 'phase', None) or 'copy'}\n")
+source.Source.fence = fence
+for name in ("checkpoint_start", "checkpoint_finish", "snapshot_now"):
+    f = getattr(source.Source, name, None)
+    if f is not None:
+        def wrap(f=f, name=name):
+            def inner(self, *a, **k):
+                prev, local.phase = getattr(local, "phase", None), name
+                try:
+                    return f(self, *a, **k)
+                finally:
+                    local.phase = prev
+            return inner
+        setattr(source.Source, name, wrap())
+from replicator.cli import main
+sys.argv[0] = "replicator"
+main()
+'''
+
+
+def _per_thread(pid: int) -> dict[int, float]:
+    out = {}
+    for t in Path(f"/proc/{pid}/task").iterdir():
+        raw = (t / "stat").read_text()
+        f = raw[raw.rindex(")") + 2:].split()
+        out[int(t.name)] = (int(f[11]) + int(f[12])) / procs.CLK_TCK
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.probes")
+    p.add_argument("probe", choices=["threads", "fences"])
+    p.add_argument("--rate", type=float, default=0, help="writer tx/s (0 = flat out)")
+    p.add_argument("--seconds", type=float, default=12)
+    a = p.parse_args(argv)
+    d = WORK / f"probe-{a.probe}"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    db = d / "src.db"
+    workload.create_db(str(db))
+    exe = Path(sys.executable).parent / "replicator"
+    if a.probe == "fences":
+        (d / "wrapper.py").write_text(_FENCE_WRAPPER)
+        import os
+        os.environ["FENCE_LOG"] = str(d / "fences.log")
+        args = [sys.executable, str(d / "wrapper.py"), "replicate", str(db), f"file://{d / 'replica'}"]
+    else:
+        args = [str(exe), "replicate", str(db), f"file://{d / 'replica'}"]
+    tool = procs.spawn(args, d / "tool.log")
+    try:
+        time.sleep(2)
+        before = _per_thread(tool.pid)
+        cpu0 = procs.cpu_seconds(tool.pid)
+        w = procs.spawn([sys.executable, "-m", "bench.workload", "writer", str(db), "--rate", str(a.rate),
+                         "--duration", str(a.seconds), "--result", str(d / "writer.json")], d / "writer.log")
+        w.wait()
+        procs._started.remove(w)
+        time.sleep(2)
+        after = _per_thread(tool.pid)
+        cpu = procs.cpu_seconds(tool.pid) - cpu0
+        dump = subprocess.run([str(Path(sys.executable).parent / "py-spy"), "dump", "--pid", str(tool.pid)],
+                              capture_output=True, text=True).stdout
+    finally:
+        procs.stop(tool, 2, 60)
+        procs.cleanup()
+    wr = json.loads((d / "writer.json").read_text())
+    print(f"writer: {wr['tx_per_s']:.0f} tx/s, {wr['wal_bytes'] / 1e9:.3f} GB WAL, longest commit "
+          f"{wr['lat_max_s'] * 1000:.1f} ms; replicator CPU {cpu:.2f} s = {cpu / (wr['wal_bytes'] / 1e9):.1f} s/GB, "
+          f"{cpu / wr['tx'] * 1e6:.0f} us/tx")
+    if a.probe == "threads":
+        names = {int(m.group(1)): f"{m.group(2)} (in {m.group(3)})"
+                 for m in re.finditer(r'Thread (\d+) \(\w+\): "([^"]+)"\n\s+(\S+)', dump)}
+        for tid in sorted(after, key=lambda t: -(after[t] - before.get(t, 0))):
+            print(f"  {after[tid] - before.get(tid, 0):6.2f} s  {names.get(tid, tid)}")
+        print(f"  (threads that ended during the run, e.g. checkpoint backfills: "
+              f"{cpu - sum(after[t] - before.get(t, 0) for t in after):.2f} s)")
+    else:
+        log = d / "fences.log"
+        rows = [line.split() for line in log.read_text().splitlines()] if log.exists() else []
+        rows.sort(key=lambda r: -float(r[0]))
+        print(f"  {len(rows)} fences held > 5 ms; longest (held ms, waited ms, phase):")
+        for r in rows[:10]:
+            print(f"  {r[0]:>8} {r[1]:>8}  {r[2]}")
+
+
+if __name__ == "__main__":
+    main()
