@@ -24,7 +24,7 @@ SECTIONS = {"rpo": rpo.run, "impact": impact.run_impact, "cpu": impact.run_cpu,
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="./dev bench", description=__doc__.split("\n")[0] + " Benchmarks "
                                 "replicator against Litestream; writes bench/RESULTS.md.")
-    p.add_argument("--quick", action="store_true", help="a ~4 minute run with shorter durations and a small database")
+    p.add_argument("--quick", action="store_true", help="a ~5 minute run with shorter durations and a small database")
     p.add_argument("--sections", default=",".join(SECTIONS),
                    help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
     p.add_argument("--tools", default="litestream,replicator", help="comma-separated: litestream,replicator")

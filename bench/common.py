@@ -36,7 +36,7 @@ def new_run_base() -> Path:
 
 @dataclasses.dataclass
 class Settings:
-    """Durations and sizes of one run; `quick()` scales everything down for a ~4 minute run."""
+    """Durations and sizes of one run; `quick()` scales everything down for a ~5 minute run."""
 
     rpo_runs: int = 5
     rpo_rates: tuple[int, ...] = (500, 5000, 0)  # 0 = flat out
