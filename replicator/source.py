@@ -359,9 +359,6 @@ class Source:
                 self._begin_read()
         ship(txs)
 
-    def wal_frames(self) -> int:
-        return self.index_header().mx_frame
-
 
 def _passive_checkpoint(conn: apsw.Connection) -> bool:
     """PASSIVE never waits on readers or writers; BUSY only means another checkpoint runs."""
