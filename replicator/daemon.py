@@ -24,8 +24,13 @@ from .wakeup import watch_file
 log = logging.getLogger(__name__)
 
 SEGMENT_MAX_PAGE_BYTES = 32 << 20  # split a large batch into segments of about this much data
-DRAIN_TIMEOUT_S = 30.0
-MIN_BATCH_INTERVAL_S = 0.005  # at most ~200 batches a second; adds <= 5 ms to the RPO  # on stop, how long to keep shipping to a replica that is slow
+DRAIN_TIMEOUT_S = 30.0  # on stop, how long to keep shipping to a replica that is slow
+MIN_BATCH_INTERVAL_S = 0.005  # at most ~200 batches a second; adds <= 5 ms to the RPO
+# Phase (c) of a checkpoint holds the write lock while it backfills what the writer added
+# during (b); (a)+(b) are repeated while that tail is longer than this and halves each round
+# (a flat-out writer keeps it at a few hundred frames: rounds past that only grow the WAL).
+CHECKPOINT_TAIL_FRAMES = 128
+MAX_BACKFILL_ROUNDS = 6
 
 
 class DbReplicator:
@@ -54,7 +59,9 @@ class DbReplicator:
         self._prune_lock = threading.Lock()
         self._unwatch: Callable[[], None] = lambda: None
         self._backfill: threading.Thread | None = None
-        self._backfill_ok = False
+        self._backfill_rounds = 0
+        self._backfill_tail = 0
+        self._backfill_done = False
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -109,7 +116,10 @@ class DbReplicator:
                 self.wake.wait(self.cfg.monitor_interval_s)
                 # Coalesce: a busy writer wakes us per WAL write; one batch per few ms keeps the
                 # per-batch cost (encode, spool, upload) from scaling with the commit rate.
-                self.stopping.wait(max(0.0, last + MIN_BATCH_INTERVAL_S - time.monotonic()))
+                # Not after a backfill round: the writer lengthens the tail phase (c) fences.
+                if not self._backfill_done:
+                    self.stopping.wait(max(0.0, last + MIN_BATCH_INTERVAL_S - time.monotonic()))
+                self._backfill_done = False
                 self.wake.clear()
                 if self.stopping.is_set():
                     break
@@ -225,6 +235,7 @@ class DbReplicator:
         if self.source.replaced():
             raise ContinuityLost("the database file was replaced")
         copied = self._copy_and_spool()
+        guarded = self.source.keep_checkpoints()
         now = self._now()
         if copied:
             self.last_write_ns = now
@@ -236,31 +247,47 @@ class DbReplicator:
                 return  # no fence while W backfills: snapshots and checkpoints wait
             self._backfill.join()
             self._backfill = None
-            if self._backfill_ok:
-                self.source.checkpoint_finish(self._spool_batch)
-                self.spool.sync()
-            return
-        if frames >= self.cfg.min_checkpoint_page_count or (
-                frames > 0 and idle_s >= self.cfg.checkpoint_interval_s):
-            self.spool.sync()  # the checkpoint may let the WAL restart: spool first, durably
-            self.source.checkpoint_start(self._spool_batch)
+            self._backfill_rounds += 1
+            tail, before = self.source.backfill_tail(), self._backfill_tail
+            self._backfill_tail = tail
+            if tail > CHECKPOINT_TAIL_FRAMES and tail < before // 2 and \
+                    self._backfill_rounds < MAX_BACKFILL_ROUNDS:
+                self._start_backfill()  # the writer kept the tail long: another unfenced round
+                return
+            self.source.checkpoint_finish(self._spool_batch)
             self.spool.sync()
-            self._backfill = threading.Thread(target=self._run_backfill, name="backfill", daemon=True)
-            self._backfill.start()
+            return
+        # Only while the application cannot checkpoint: it would do the backfill of frames
+        # below our new read mark inside its own commit.
+        if guarded and (frames >= self.cfg.min_checkpoint_page_count or (
+                frames > 0 and idle_s >= self.cfg.checkpoint_interval_s)):
+            self._backfill_rounds, self._backfill_tail = 0, 1 << 62
+            self._start_backfill()
             return
         interval = min(r.snapshot_interval_s for r in self.cfg.replicas)
         if interval > 0 and (now - self.last_snapshot_ns) / 1e9 >= interval:
             self.snapshot_now()
         self._serve_requests()
 
+    def _start_backfill(self) -> None:
+        """Checkpoint phases (a) then (b): move the read mark up, backfill on a thread."""
+        self.source.checkpoint_start(self._spool_batch)
+        self._backfill = threading.Thread(target=self._run_backfill, name="backfill", daemon=True)
+        self._backfill.start()
+
     def _run_backfill(self) -> None:
         """Checkpoint phase (b) off the worker thread, so copying goes on meanwhile."""
         try:
-            self._backfill_ok = self.source.checkpoint_backfill()
+            # Phase (c) may let the WAL restart: what was spooled must be durable by then, but
+            # for the transactions copied during the last round (synced right after (c)):
+            # syncing here rather than just before (c) keeps the fsyncs out of the gap in
+            # which the writer lengthens the tail.
+            self.spool.sync()
+            self.source.checkpoint_backfill()  # BUSY (the application checkpoints): next round
         except Exception as err:  # an I/O error here must not kill the tail; retried next time
             log.warning("%s: checkpoint failed: %s", self.cfg.path, err)
-            self._backfill_ok = False
         finally:
+            self._backfill_done = True
             self.wake.set()
 
     def _finish_backfill(self) -> None:

@@ -23,6 +23,7 @@ from typing import Callable, Iterator
 import apsw
 
 from . import wal
+from .checkpoint_guard import CheckpointGuard
 from .dbhash import DbChecksum
 from .errors import SourceError
 from .segment import Transaction
@@ -57,11 +58,13 @@ class Source:
         self.busy_timeout_ms = int(busy_timeout_s * 1000)
         self.clock_ns = clock_ns
         self.R: apsw.Connection | None = None
+        self.R2: apsw.Connection | None = None  # the spare reader: see advance()
         self.W: apsw.Connection | None = None
         self._wal_fd = -1
         self._db_fd = -1
         self._shm: mmap.mmap | None = None
         self._shm_fd = -1
+        self.guard: CheckpointGuard | None = None
         self.db_ident: tuple[int, int] | None = None
         self.page_size = 0
         self.pos: Position | None = None
@@ -86,6 +89,7 @@ class Source:
                 if mode.lower() != "wal":
                     raise SourceError(f"cannot switch {self.path} to WAL mode (journal_mode={mode})")
             self.R = self._connect()
+            self.R2 = self._connect()
             self._begin_read()
         except apsw.Error as err:
             self.close()
@@ -95,30 +99,38 @@ class Source:
         self._wal_fd = os.open(self.wal_path, os.O_RDONLY)
         self._shm_fd = os.open(self.shm_path, os.O_RDONLY)
         self._shm = mmap.mmap(self._shm_fd, wal.SHM_HEADER_SIZE, mmap.MAP_SHARED, mmap.PROT_READ)
+        try:
+            self.guard = CheckpointGuard(self.shm_path)
+            self.guard.acquire()
+        except OSError as err:  # e.g. a read-only -shm: the application keeps checkpointing
+            log.warning("%s: not taking over checkpoints: %s", self.path, err)
         st = os.fstat(self._db_fd)
         self.db_ident = (st.st_dev, st.st_ino)
         self.page_size = self.W.execute("PRAGMA page_size").fetchall()[0][0]
 
     def _connect(self) -> apsw.Connection:
         conn = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READWRITE)
-        conn.set_busy_timeout(self.busy_timeout_ms)
         conn.wal_autocheckpoint(0)  # only the two-phase sequence below checkpoints
         # Closing the last connection would checkpoint and delete the WAL, and with it the
         # proof of continuity a restart needs; the application's next open recovers as usual.
         conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
+        conn.set_busy_handler(_EagerBusyHandler(self.busy_timeout_ms / 1000))
         return conn
 
     def close(self) -> None:
         """Connections first, descriptors after: closing a descriptor drops SQLite's locks."""
-        for conn in (self.R, self.W):
+        for conn in (self.R, self.R2, self.W):
             if conn is not None:
                 with contextlib.suppress(apsw.Error):
                     conn.close()
-        self.R = self.W = None
+        self.R = self.R2 = self.W = None
         self._reading = False
         if self._shm is not None:
             self._shm.close()
             self._shm = None
+        if self.guard is not None:
+            self.guard.close()
+            self.guard = None
         for fd in (self._wal_fd, self._db_fd, self._shm_fd):
             if fd >= 0:
                 os.close(fd)
@@ -136,8 +148,7 @@ class Source:
 
     def _begin_read(self) -> None:
         assert self.R is not None
-        self.R.execute("BEGIN")
-        self.R.execute("SELECT count(*) FROM sqlite_schema").fetchall()  # apsw is lazy: consume
+        _begin(self.R)
         self._reading = True
 
     def _end_read(self) -> None:
@@ -321,22 +332,51 @@ class Source:
         self._end_read()
         self._begin_read()
 
+    def advance(self) -> list[tuple[int, int, dict[int, memoryview]]]:
+        """Move the read mark up without a fence: the spare reader begins first, everything
+        up to mxFrame is copied, and only then does the old reader end its transaction.
+
+        At every instant one of the two holds a read transaction that began before the
+        frames still to be copied were written, so the invariant holds without stopping the
+        writer: while a reader holds a mark above 0 the WAL cannot restart, and a reader on
+        mark 0 (everything was backfilled when it began) blocks every backfill, so the WAL
+        cannot restart past a frame written after it began either (design 4.2).
+        Returns the transactions copied on the way, like copy().
+        """
+        assert self.R is not None and self.R2 is not None
+        _begin(self.R2)
+        try:
+            copied = self.copy()
+        except BaseException:
+            self.R2.execute("COMMIT")
+            raise
+        self.R.execute("COMMIT")
+        self.R, self.R2 = self.R2, self.R
+        return copied
+
+    def keep_checkpoints(self) -> bool:
+        """Hold SQLite's checkpointer lock (checkpoint_guard.py); True while we hold it."""
+        return self.guard is None or self.guard.acquire()
+
+    def backfill_tail(self) -> int:
+        """Frames in the WAL not yet written back to the database file."""
+        hdr = self.index_header()
+        return hdr.mx_frame - hdr.nbackfill
+
     def checkpoint(self, ship: Callable[[list], None]) -> None:
         """Two-phase PASSIVE checkpoint (design section 4 step 4): writers wait ~ms, not the backfill.
 
-        `ship` receives each batch of copied transactions right after its fence. The daemon
-        runs the three phases itself so that the copy loop keeps going during the backfill.
+        `ship` receives each batch of copied transactions. The daemon runs the phases itself
+        so that the copy loop keeps going during the backfill, and repeats (a)+(b) while the
+        writer keeps the unbackfilled tail long, so that the fenced phase (c) stays short.
         """
         self.checkpoint_start(ship)
         if self.checkpoint_backfill():
             self.checkpoint_finish(ship)
 
     def checkpoint_start(self, ship: Callable[[list], None]) -> None:
-        """(a) Fence, copy to mxFrame, move R's mark up to it."""
-        with self.fence():
-            txs = self.copy()
-            self.advance_read()
-        ship(txs)
+        """(a) Copy to mxFrame and move the read mark up to it (no fence: see advance())."""
+        ship(self.advance())
 
     def checkpoint_backfill(self) -> bool:
         """(b) The bulk of the backfill, unfenced (may run on another thread: only W is used).
@@ -344,20 +384,53 @@ class Source:
         False if the application is checkpointing right now: leave it to finish.
         """
         assert self.W is not None
-        return _passive_checkpoint(self.W)
+        try:
+            return _passive_checkpoint(self.W)
+        finally:
+            self.keep_checkpoints()  # SQLite dropped the lock when our checkpoint ended
 
     def checkpoint_finish(self, ship: Callable[[list], None]) -> None:
         """(c) Fence, copy the small tail, then R checkpoints outside its transaction and
         re-opens it: with everything backfilled, the next write restarts the WAL."""
         assert self.R is not None
+        # The checkpoint below fsyncs the WAL inside the fence; most of what it would flush
+        # (the frames written during (b)) is flushed here, while the writer still runs.
+        os.fsync(self._wal_fd)
         with self.fence():
             txs = self.copy()
             self._end_read()
             try:
                 _passive_checkpoint(self.R)
             finally:
+                self.keep_checkpoints()
                 self._begin_read()
         ship(txs)
+
+
+def _begin(conn: apsw.Connection) -> None:
+    conn.execute("BEGIN")
+    conn.execute("SELECT count(*) FROM sqlite_schema").fetchall()  # apsw is lazy: consume
+
+
+class _EagerBusyHandler:
+    """Retry a busy lock every 0.2 ms (SQLite's own handler backs off to 100 ms sleeps).
+
+    A writer that is flat out holds its lock most of the time; polling coarsely lets the
+    fence wait hundreds of milliseconds for a gap, polling finely finds one within ~1 ms.
+    """
+
+    def __init__(self, timeout_s: float):
+        self.timeout_s = timeout_s
+        self.deadline = 0.0
+
+    def __call__(self, attempt: int) -> bool:
+        now = time.monotonic()
+        if attempt == 0:
+            self.deadline = now + self.timeout_s
+        elif now >= self.deadline:
+            return False
+        time.sleep(0.0002)
+        return True
 
 
 def _passive_checkpoint(conn: apsw.Connection) -> bool:
