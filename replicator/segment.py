@@ -17,7 +17,7 @@ import dataclasses
 import io
 import struct
 import zlib
-from typing import BinaryIO, Iterator, Sequence
+from typing import BinaryIO, Iterator, NamedTuple, Sequence
 
 import xxhash
 import zstandard
@@ -36,12 +36,14 @@ _HDR_CRC = struct.Struct("<I")
 _TRAILER = struct.Struct("<QQQ8s")  # body_len, body_xxh64, db_checksum, magic
 _REC = struct.Struct("<QQIQI")
 _PG = struct.Struct("<I")
+_REC1 = struct.Struct("<QQIQII")  # a record and its only page number
 HEADER_SIZE = _HDR.size + _HDR_CRC.size
 TRAILER_SIZE = _TRAILER.size
 
 
-@dataclasses.dataclass(frozen=True)
-class Transaction:
+class Transaction(NamedTuple):
+    """A NamedTuple, not a dataclass: one is built per commit in the copy loop (~4x cheaper)."""
+
     txid: int
     time_ns: int
     db_size: int  # pages after commit
@@ -114,11 +116,16 @@ class SegmentEncoder:
         if not txs:
             raise ValueError("a segment holds at least one transaction")
         parts: list[bytes | memoryview] = []
-        for tx in txs:
-            parts.append(_REC.pack(tx.txid, tx.time_ns, tx.db_size, tx.db_checksum, len(tx.pages)))
-            for pgno, page in tx.pages:
-                parts.append(_PG.pack(pgno))
-                parts.append(page)
+        add, rec, rec1, pg = parts.append, _REC.pack, _REC1.pack, _PG.pack
+        for txid, time_ns, db_size, db_checksum, pages in txs:
+            if len(pages) == 1:  # the common case, in one pack
+                add(rec1(txid, time_ns, db_size, db_checksum, 1, pages[0][0]))
+                add(pages[0][1])
+                continue
+            add(rec(txid, time_ns, db_size, db_checksum, len(pages)))
+            for pgno, page in pages:
+                add(pg(pgno))
+                add(page)
         body = self._cctx.compress(b"".join(parts))
         last = txs[-1]
         header = Header(SEGMENT_MAGIC, page_size, generation, txs[0].txid, last.txid,

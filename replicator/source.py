@@ -446,11 +446,12 @@ def transactions(copied: list[tuple[int, int, dict[int, memoryview]]], checksum:
                  time_ns: int) -> list[Transaction]:
     """Attach times and the database checksum after each transaction (updating `checksum`)."""
     out = []
+    add, apply = out.append, checksum.commit
     for txid, db_size, pages in copied:
-        for pgno, page in pages.items():
-            if pgno <= db_size:
-                checksum.update(pgno, page)
-        checksum.resize(db_size)
-        kept = sorted((p, pg) for p, pg in pages.items() if p <= db_size)
-        out.append(Transaction(txid, time_ns, db_size, checksum.value, kept))
+        value = apply(pages, db_size)
+        if len(pages) == 1:
+            kept = [item for item in pages.items() if item[0] <= db_size]
+        else:
+            kept = sorted(item for item in pages.items() if item[0] <= db_size)
+        add(Transaction(txid, time_ns, db_size, value, kept))
     return out

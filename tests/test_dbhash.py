@@ -57,6 +57,25 @@ def test_incremental_equals_from_scratch(ops):
         assert ck.value == model.checksum()
 
 
+commits = st.tuples(st.dictionaries(st.integers(1, MAX_PGNO), pages(), max_size=4), st.integers(0, MAX_PGNO))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(commits, max_size=12))
+def test_commit_is_the_pages_at_or_below_the_size_then_the_resize(txs):
+    """What a WAL commit does to the file: pages past the commit's size never land."""
+    ck, model = DbChecksum(PAGE_SIZE), Model()
+    for pages_, size in txs:
+        value = ck.commit(pages_, size)
+        model.resize(max(size, model.n_pages))
+        for pgno, page in pages_.items():
+            if pgno <= size:
+                model.write(pgno, page)
+        model.resize(size)
+        assert value == ck.value == model.checksum()
+        assert ck.n_pages == size
+
+
 def test_shrink_then_grow_brings_back_zeros_not_the_old_pages():
     ck = DbChecksum(PAGE_SIZE)
     for pgno in range(1, 6):
