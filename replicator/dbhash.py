@@ -7,6 +7,8 @@ byte-for-byte the source at that transaction without the source being there.
 
 from __future__ import annotations
 
+import functools
+import operator
 from array import array
 from typing import BinaryIO
 
@@ -46,6 +48,15 @@ class DbChecksum:
         h = _hash(page, seed=pgno)
         self.value ^= self.hashes[pgno - 1] ^ h
         self.hashes[pgno - 1] = h
+
+    def append_pages(self, data: bytes | memoryview) -> None:
+        """Hash whole pages that continue the database in order (a snapshot being read):
+        no zero-page hashes first, no per-page method call."""
+        ps, first = self.page_size, len(self.hashes) + 1
+        mv = memoryview(data)
+        new = [_hash(mv[off:off + ps], seed=first + i) for i, off in enumerate(range(0, len(mv), ps))]
+        self.hashes.extend(new)
+        self.value = functools.reduce(operator.xor, new, self.value)
 
     def commit(self, pages: dict[int, bytes | memoryview], n_pages: int) -> int:
         """Apply one transaction (its pages, then its database size); returns the new value.

@@ -238,11 +238,8 @@ class SnapshotWriter:
 
     def write_pages(self, data: bytes | memoryview) -> None:
         """Append whole pages (len a multiple of page_size), in page order."""
-        ps = self.page_size
-        mv = memoryview(data)
-        for off in range(0, len(mv), ps):
-            self._pages += 1
-            self.checksum.update(self._pages, mv[off:off + ps])
+        self.checksum.append_pages(data)
+        self._pages = self.checksum.n_pages
         self._emit(self._cobj.compress(data))
 
     def finish(self) -> int:

@@ -321,7 +321,7 @@ class Source:
                         off = wal.frame_offset(frame, ps) + wal.FRAME_HEADER_SIZE
                         buf[(pgno - first) * ps:(pgno - first + 1) * ps] = os.pread(self._wal_fd, ps, off)
                     k += 1
-                yield first, bytes(buf)
+                yield first, buf  # a fresh buffer per chunk: safe to hand to another thread
 
         return n_pages, chunks()
 

@@ -76,6 +76,17 @@ def test_commit_is_the_pages_at_or_below_the_size_then_the_resize(txs):
         assert ck.n_pages == size
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.lists(pages(), min_size=1, max_size=3), max_size=4))
+def test_append_pages_equals_page_by_page_updates(chunks):
+    bulk, single = DbChecksum(PAGE_SIZE), DbChecksum(PAGE_SIZE)
+    for chunk in chunks:
+        bulk.append_pages(b"".join(chunk))
+        for page in chunk:
+            single.update(single.n_pages + 1, page)
+    assert (bulk.value, list(bulk.hashes)) == (single.value, list(single.hashes))
+
+
 def test_shrink_then_grow_brings_back_zeros_not_the_old_pages():
     ck = DbChecksum(PAGE_SIZE)
     for pgno in range(1, 6):
