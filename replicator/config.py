@@ -29,6 +29,9 @@ MIN_CHECKPOINT_PAGES = 1000  # ~4 MB of WAL at 4 KiB pages: SQLite's own autoche
 MAX_CHECKPOINT_PAGES = 200_000  # ~800 MB: past this an emergency TRUNCATE keeps the disk safe
 DEFAULT_BUSY_TIMEOUT_S = 5.0
 DEFAULT_CHECKPOINT_INTERVAL_S = 60.0  # idle checkpoint so a quiet WAL does not linger
+# A snapshot once the WAL copied since the last one reaches this many times the database's
+# size: a restore replays at most that much, whatever the history (0 turns it off).
+DEFAULT_SNAPSHOT_HISTORY_RATIO = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +73,7 @@ class DbConfig:
     min_checkpoint_page_count: int = MIN_CHECKPOINT_PAGES
     max_checkpoint_page_count: int = MAX_CHECKPOINT_PAGES
     busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S
+    snapshot_history_ratio: float = DEFAULT_SNAPSHOT_HISTORY_RATIO
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +88,7 @@ _TOP_KEYS = {"dbs", "addr", "access-key-id", "secret-access-key", "logging", "lo
              "shutdown-sync-timeout", "shutdown-sync-interval"}
 _DB_KEYS = {"path", "replicas", "replica", "meta-path", "monitor-interval", "checkpoint-interval",
             "min-checkpoint-page-count", "max-checkpoint-page-count", "busy-timeout",
-            "truncate-page-n", "dir", "pattern", "recursive", "watch"}
+            "truncate-page-n", "dir", "pattern", "recursive", "watch", "snapshot-history-ratio"}
 _REPLICA_KEYS = {"url", "type", "name", "path", "bucket", "region", "endpoint", "force-path-style",
                  "skip-verify", "access-key-id", "secret-access-key", "retention",
                  "retention-check-interval", "snapshot-interval", "validation-interval",
@@ -154,6 +158,11 @@ class _Parser:
             raise self.fail(key_path, f"expected an integer >= {minimum}, got {value!r}")
         return value
 
+    def ratio(self, value: Any, key_path: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+            raise self.fail(key_path, f"expected a number >= 0, got {value!r}")
+        return float(value)
+
     def boolean(self, value: Any, key_path: str) -> bool:
         if not isinstance(value, bool):
             raise self.fail(key_path, f"expected true or false, got {value!r}")
@@ -209,6 +218,7 @@ class _Parser:
             ("busy-timeout", "busy_timeout_s", self.duration),
             ("min-checkpoint-page-count", "min_checkpoint_page_count", lambda v, k: self.integer(v, k, 1)),
             ("max-checkpoint-page-count", "max_checkpoint_page_count", lambda v, k: self.integer(v, k, 1)),
+            ("snapshot-history-ratio", "snapshot_history_ratio", self.ratio),
         ):
             if key in d:
                 kwargs[attr] = conv(d[key], f"{kp}.{key}")

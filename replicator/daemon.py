@@ -24,6 +24,9 @@ from .wakeup import watch_file
 log = logging.getLogger(__name__)
 
 SEGMENT_MAX_PAGE_BYTES = 32 << 20  # split a large batch into segments of about this much data
+# History-triggered snapshots (snapshot-history-ratio) wait for at least this much WAL, so
+# a small database is not snapshotted every few commits.
+SNAPSHOT_HISTORY_FLOOR_BYTES = 64 << 20
 DRAIN_TIMEOUT_S = 30.0  # on stop, how long to keep shipping to a replica that is slow
 MIN_BATCH_INTERVAL_S = 0.005  # at most ~200 batches a second; adds <= 5 ms to the RPO
 # Phase (c) of a checkpoint holds the write lock while it backfills what the writer added
@@ -48,6 +51,7 @@ class DbReplicator:
         self.generation = ""
         self.error: BaseException | None = None
         self.last_snapshot_ns = 0
+        self.history_bytes = 0  # page bytes copied since the last snapshot (not persisted)
         self.last_write_ns = clock_ns()
         self._last_time_ns = 0
         self.shippers = [
@@ -188,6 +192,7 @@ class DbReplicator:
         self.source.checksum = checksum
         self.spool.save_base(self.generation, self.source.pos, checksum)
         self.last_snapshot_ns = now
+        self.history_bytes = 0
         log.info("%s: generation %s started with a snapshot at txid %d (%d pages)", self.cfg.path,
                  self.generation, txid, checksum.n_pages)
         self._notify()
@@ -202,6 +207,7 @@ class DbReplicator:
         self._spool_batch(copied)
         assert self.source.checksum is not None and self.source.pos is not None
         txid, expected = self.source.pos.txid, self.source.checksum.value
+        self.history_bytes = 0
         self._snapshot(txid, now, hdr, expected=expected, poll=self._copy_and_spool, name=name)
         self.last_snapshot_ns = now
         log.info("%s: snapshot at txid %d", self.cfg.path, txid)
@@ -265,9 +271,17 @@ class DbReplicator:
             self._start_backfill()
             return
         interval = min(r.snapshot_interval_s for r in self.cfg.replicas)
-        if interval > 0 and (now - self.last_snapshot_ns) / 1e9 >= interval:
+        if interval > 0 and (now - self.last_snapshot_ns) / 1e9 >= interval or self._history_due():
             self.snapshot_now()
         self._serve_requests()
+
+    def _history_due(self) -> bool:
+        """Enough WAL since the last snapshot that a restore would replay more than
+        `snapshot-history-ratio` times the database: a new snapshot bounds restore time."""
+        ratio = self.cfg.snapshot_history_ratio
+        assert self.source.checksum is not None
+        db_bytes = self.source.checksum.n_pages * self.source.page_size
+        return ratio > 0 and self.history_bytes >= max(ratio * db_bytes, SNAPSHOT_HISTORY_FLOOR_BYTES)
 
     def _start_backfill(self) -> None:
         """Checkpoint phases (a) then (b): move the read mark up, backfill on a thread."""
@@ -306,8 +320,11 @@ class DbReplicator:
         ck = self.source.checksum
         assert ck is not None and self.source.pos is not None
         changed: set[int] = set()
+        n = 0
         for _, _, pages in copied:
             changed.update(pages)
+            n += len(pages)
+        self.history_bytes += n * self.source.page_size
         txs = transactions(copied, ck, self._now())
         for chunk in _chunks(txs, SEGMENT_MAX_PAGE_BYTES // self.source.page_size):
             data = self.encoder.encode(self.generation, self.source.page_size, chunk)

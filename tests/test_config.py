@@ -118,6 +118,8 @@ def test_bad_duration_names_its_path():
     ("dbs:\n- path: /a.db\n  min-checkpoint-page-count: 0\n  replicas: [{url: file:///b}]", "dbs[0].min-checkpoint-page-count: expected an integer >= 1"),
     ("dbs:\n- path: /a.db\n  min-checkpoint-page-count: 100\n  max-checkpoint-page-count: 10\n  replicas: [{url: file:///b}]",
      "dbs[0].max-checkpoint-page-count: must be >="),
+    ("dbs:\n- path: /a.db\n  snapshot-history-ratio: -1\n  replicas: [{url: file:///b}]", "dbs[0].snapshot-history-ratio: expected a number >= 0"),
+    ("dbs:\n- path: /a.db\n  snapshot-history-ratio: lots\n  replicas: [{url: file:///b}]", "dbs[0].snapshot-history-ratio: expected a number >= 0"),
     ("dbs:\n- path: /a.db\n  replicas: [{type: s3, bucket: b, force-path-style: yes please}]", "dbs[0].replicas[0].force-path-style: expected true or false"),
     ("dbs:\n- path: /a.db\n  replicas: [{type: s3, bucket: b, part-size: 1024}]", "dbs[0].replicas[0].part-size: expected an integer"),
     ("dbs:\n- path: /a.db\n  replicas: [{type: gcs, bucket: b}]", "dbs[0].replicas[0].type: unsupported replica type"),
@@ -248,6 +250,7 @@ def test_file_replicas_and_defaults(tmp_path, monkeypatch):
           - path: app.db
             min-checkpoint-page-count: 500
             busy-timeout: 2s
+            snapshot-history-ratio: 0.5
             replicas:
               - path: backups/app
               - url: file:///srv/backups/app
@@ -258,7 +261,8 @@ def test_file_replicas_and_defaults(tmp_path, monkeypatch):
     app, other = cfg.dbs
     assert cfg.addr == "127.0.0.1:9090"
     assert app.path == str(tmp_path / "app.db")
-    assert (app.min_checkpoint_page_count, app.busy_timeout_s) == (500, 2.0)
+    assert (app.min_checkpoint_page_count, app.busy_timeout_s, app.snapshot_history_ratio) == (500, 2.0, 0.5)
+    assert other.snapshot_history_ratio == config.DEFAULT_SNAPSHOT_HISTORY_RATIO
     a, b = app.replicas
     assert (a.type, a.name, a.path, a.url) == ("file", "file", str(tmp_path / "backups/app"),
                                                f"file://{tmp_path / 'backups/app'}")

@@ -221,3 +221,32 @@ def test_named_snapshot_at_the_generations_first_txid_is_shipped(env):
     snaps = _generations(replica)[0].snapshots
     assert [s.name for s in snaps] == [None, "first-day"]
     assert snaps[0].txid == snaps[1].txid
+
+
+def test_history_past_the_ratio_takes_a_snapshot(env, tmp_path, monkeypatch):
+    """Restore replays at most ~ratio x the database: a snapshot follows that much WAL."""
+    db, replica, conn = env
+    monkeypatch.setattr("replicator.daemon.SNAPSHOT_HISTORY_FLOOR_BYTES", 0)
+    cfg = DbConfig(path=str(db), replicas=(replica,), monitor_interval_s=0.05, snapshot_history_ratio=2.0)
+    rep = DbReplicator(cfg)
+    rep.open()
+    try:
+        db_pages = rep.source.checksum.n_pages
+        first = rep.last_snapshot_ns
+        _write(conn, 2 * db_pages - 1)  # one page per commit here: just under 2x the database
+        rep.step()
+        assert rep.last_snapshot_ns == first
+        _write(conn, 2, 2 * db_pages)
+        rep.step()
+        assert rep.last_snapshot_ns > first and rep.history_bytes == 0
+        _write(conn, 3, 2 * db_pages + 2)
+        rep.step()
+    finally:
+        rep.stop()
+        assert rep.join()
+    gen = _generations(replica)[0]
+    assert len(gen.snapshots) == 2
+    out = tmp_path / "o.db"
+    result = restore(open_storage(replica), out)
+    assert result.snapshot_key == gen.snapshots[-1].key
+    assert content_hash(out) == content_hash(db)
