@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 SEGMENT_MAX_PAGE_BYTES = 32 << 20  # split a large batch into segments of about this much data
 # History-triggered snapshots (snapshot-history-ratio) wait for at least this much WAL, so
 # a small database is not snapshotted every few commits.
-SNAPSHOT_HISTORY_FLOOR_BYTES = 64 << 20
+SNAPSHOT_HISTORY_FLOOR_BYTES = 256 << 20
 DRAIN_TIMEOUT_S = 30.0  # on stop, how long to keep shipping to a replica that is slow
 MIN_BATCH_INTERVAL_S = 0.005  # at most ~200 batches a second; adds <= 5 ms to the RPO
 # Phase (c) of a checkpoint holds the write lock while it backfills what the writer added
