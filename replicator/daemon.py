@@ -24,6 +24,7 @@ from .wakeup import watch_file
 log = logging.getLogger(__name__)
 
 SEGMENT_MAX_PAGE_BYTES = 32 << 20  # split a large batch into segments of about this much data
+COPY_CHUNK_BYTES = 32 << 20  # WAL read and spooled per piece when the tail is behind
 # History-triggered snapshots (snapshot-history-ratio) wait for at least this much WAL, so
 # a small database is not snapshotted every few commits.
 SNAPSHOT_HISTORY_FLOOR_BYTES = 256 << 20
@@ -310,9 +311,15 @@ class DbReplicator:
             self._backfill = None
 
     def _copy_and_spool(self) -> int:
-        copied = self.source.copy()
-        self._spool_batch(copied)
-        return len(copied)
+        """Copy and spool in pieces of COPY_CHUNK_BYTES: a backlog (after a snapshot of a
+        large database, say) is never held in memory at once."""
+        n = 0
+        while True:
+            copied = self.source.copy(max_bytes=COPY_CHUNK_BYTES)
+            self._spool_batch(copied)
+            n += len(copied)
+            if self.source.caught_up:
+                return n
 
     def _spool_batch(self, copied: list) -> None:
         if not copied:

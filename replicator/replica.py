@@ -24,7 +24,7 @@ from .storage import Storage, StorageError, Transient
 
 log = logging.getLogger(__name__)
 
-MAX_MERGED_BYTES = 64 << 20  # one merged segment at most: bounds upload memory and retry cost
+MAX_MERGED_BYTES = 32 << 20  # one merged segment at most: bounds upload memory and retry cost
 OUTAGE_LOG_INTERVAL_S = 60.0  # one line per minute while a replica is unreachable
 RETRY_DELAY_S = (0.1, 5.0)  # backoff between failed upload rounds (min, max)
 REQUEST_LOG_INTERVAL_S = 60.0

@@ -30,7 +30,7 @@ from .segment import Transaction
 
 log = logging.getLogger(__name__)
 
-MAX_READ_BYTES = 64 << 20  # one pread of WAL frames at most; bounds memory per copy
+MAX_READ_BYTES = 16 << 20  # one pread of WAL frames at most
 SHM_RETRIES = 1000  # torn wal-index reads are retried (a writer updates it in ~µs)
 IMAGE_CHUNK_PAGES = 2048  # 8 MiB at 4 KiB pages per read (and copy-loop poll) during a snapshot
 
@@ -70,6 +70,7 @@ class Source:
         self.pos: Position | None = None
         self.checksum: DbChecksum | None = None
         self._reading = False
+        self.caught_up = True  # after copy(): nothing committed was left unread
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -205,14 +206,17 @@ class Source:
         self.pos = dataclasses.replace(saved)
         return True
 
-    def copy(self) -> list[tuple[int, int, dict[int, memoryview]]]:
-        """Read every transaction committed since the last call.
+    def copy(self, max_bytes: int | None = None) -> list[tuple[int, int, dict[int, memoryview]]]:
+        """Read every transaction committed since the last call (or about `max_bytes` of
+        them: then `caught_up` says whether more were already committed).
 
         Returns (txid, db_size, pages) per commit and advances the position. Raises
         ContinuityLost if the WAL was restarted in a way the invariant cannot explain.
         """
         assert self.pos is not None
         out: list[tuple[int, int, dict[int, memoryview]]] = []
+        budget = max_bytes // (wal.FRAME_HEADER_SIZE + self.page_size) if max_bytes else None
+        self.caught_up = False
         while True:
             hdr = self.index_header()
             if (hdr.salt1, hdr.salt2) != self.pos.salts:
@@ -224,14 +228,21 @@ class Source:
             if hdr.mx_frame < self.pos.frame:
                 raise ContinuityLost(f"mxFrame went back from {self.pos.frame} to {hdr.mx_frame}")
             if hdr.mx_frame == self.pos.frame:
+                self.caught_up = True
+                return out
+            if budget is not None and budget <= 0:
                 return out
             if hdr.page_size != self.page_size:
                 raise ContinuityLost(f"page size changed from {self.page_size} to {hdr.page_size}")
+            before = self.pos.frame
             batch = self._read_frames(hdr)
             if batch is None:
                 continue  # the WAL restarted under us: re-read the header
             out.extend(batch)
+            if budget is not None:
+                budget -= self.pos.frame - before
             if self.pos.frame >= hdr.mx_frame:
+                self.caught_up = True
                 return out
 
     def _fully_copied_before_restart(self) -> bool:

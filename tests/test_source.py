@@ -47,6 +47,25 @@ def test_copy_returns_each_commit_once_in_order(db):
         src.close()
 
 
+def test_copy_with_a_byte_budget_stops_at_a_commit_and_says_whether_it_caught_up(db, monkeypatch):
+    path, app = db
+    monkeypatch.setattr("replicator.source.MAX_READ_BYTES", 1)  # one transaction per read
+    src = _started(path)
+    try:
+        for i in range(6):
+            app.execute("INSERT INTO t(v) VALUES (?)", (bytes(100),))
+        pieces = []
+        while True:
+            pieces.append([txid for txid, _, _ in src.copy(max_bytes=2 * (4096 + 24))])
+            if src.caught_up:
+                break
+        assert [t for p in pieces for t in p] == [2, 3, 4, 5, 6, 7]
+        assert len(pieces) >= 3 and all(pieces[:-1])
+        assert src.copy() == [] and src.caught_up
+    finally:
+        src.close()
+
+
 def test_rolled_back_frames_are_never_copied(db):
     path, app = db
     src = _started(path)
