@@ -20,7 +20,7 @@ from replicator.plan import Target
 from replicator.restore import restore
 from replicator.storage import open_storage
 
-from .harness import TESTS, shipped_txids, start_replicator, start_writer, stop
+from .harness import TESTS, shipped_txids, start_replicator, start_writer, stop, wait_for
 
 sys.path.insert(0, str(TESTS))
 import workload  # noqa: E402
@@ -65,6 +65,9 @@ def test_sigkill_replicator_and_writer(tmp_path: Path) -> None:
             writer = start_writer(db, OPS, SEED, "--pause-every", "20", "--pause-ms", "10")
         rep = launch()
     assert writer.wait(180) == 0
+    # SIGTERM before the daemon has installed its handler would just kill it (a crash, which
+    # the loop above already covers): stop the last one only once it is running.
+    wait_for(lambda: "replicating" in logs[-1].read_text(), 60, "the last replicator to start")
     assert stop(rep) == 0, logs[-1].read_text()[-3000:]
     reported.append(shipped_txids(logs[-1]))
     assert max(reported) > 0
