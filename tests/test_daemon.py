@@ -227,6 +227,7 @@ def test_history_past_the_ratio_takes_a_snapshot(env, tmp_path, monkeypatch):
     """Restore replays at most ~ratio x the database: a snapshot follows that much WAL."""
     db, replica, conn = env
     monkeypatch.setattr("replicator.daemon.SNAPSHOT_HISTORY_FLOOR_BYTES", 0)
+    monkeypatch.setattr("replicator.daemon.HISTORY_SNAPSHOT_QUIET_S", 0)  # see the test below
     cfg = DbConfig(path=str(db), replicas=(replica,), monitor_interval_s=0.05, snapshot_history_ratio=2.0)
     rep = DbReplicator(cfg)
     rep.open()
@@ -250,3 +251,24 @@ def test_history_past_the_ratio_takes_a_snapshot(env, tmp_path, monkeypatch):
     result = restore(open_storage(replica), out)
     assert result.snapshot_key == gen.snapshots[-1].key
     assert content_hash(out) == content_hash(db)
+
+
+def test_history_snapshot_waits_for_a_pause_until_twice_the_ratio(env, monkeypatch):
+    db, replica, conn = env
+    monkeypatch.setattr("replicator.daemon.SNAPSHOT_HISTORY_FLOOR_BYTES", 0)
+    monkeypatch.setattr("replicator.daemon.HISTORY_SNAPSHOT_QUIET_S", 3600)  # never quiet here
+    cfg = DbConfig(path=str(db), replicas=(replica,), monitor_interval_s=0.05, snapshot_history_ratio=1.0)
+    rep = DbReplicator(cfg)
+    rep.open()
+    try:
+        first = rep.last_snapshot_ns
+        db_pages = rep.source.checksum.n_pages
+        _write(conn, db_pages + 1)  # past 1x the database: due, but the writer never paused
+        rep.step()
+        assert rep.last_snapshot_ns == first
+        _write(conn, 2 * db_pages + 2, db_pages + 1)  # past 2x: taken regardless
+        rep.step()
+        assert rep.last_snapshot_ns > first
+    finally:
+        rep.stop()
+        assert rep.join()

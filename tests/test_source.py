@@ -114,6 +114,34 @@ def test_application_checkpoints_cannot_destroy_uncopied_frames(db):
         src.close()
 
 
+def test_advance_moves_the_mark_without_a_fence_and_loses_nothing(db):
+    """The spare reader begins before R ends: application checkpoints still cannot restart
+    the WAL past an uncopied frame, whether the new mark is above 0 or on 0 (design 4)."""
+    path, app = db
+    src = _started(path)
+    try:
+        for _ in range(20):
+            app.execute("INSERT INTO t(v) VALUES (?)", (bytes(500),))
+        assert [t for t, _, _ in src.advance()] == list(range(2, 22))
+        for _ in range(20):
+            app.execute("INSERT INTO t(v) VALUES (?)", (bytes(500),))
+        app.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+        with pytest.raises(apsw.BusyError):  # the new mark holds the WAL
+            app.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+        assert [t for t, _, _ in src.copy()] == list(range(22, 42))
+        shipped: list = []
+        src.checkpoint(shipped.extend)  # everything backfilled: R is now on mark 0
+        assert src.backfill_tail() == 0
+        assert src.advance() == []  # the spare begins on mark 0 too
+        for _ in range(5):
+            app.execute("INSERT INTO t(v) VALUES (?)", (bytes(500),))
+        _, backfilled = app.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+        assert backfilled == 0  # a reader on mark 0 blocks every backfill, so no restart
+        assert [t for t, _, _ in src.copy()] == list(range(42, 47))
+    finally:
+        src.close()
+
+
 def test_resume_proves_the_saved_frame(db):
     path, app = db
     src = _started(path)
