@@ -41,6 +41,7 @@ class Settings:
     rpo_runs: int = 5
     rpo_rates: tuple[int, ...] = (500, 5000, 0)  # 0 = flat out
     rpo_write_s: tuple[float, float] = (2.0, 5.0)  # writer runs a random time in this range
+    rpo_s3_rates: tuple[int, ...] = (500, 5000)  # the same, to an S3 replica (SeaweedFS)
     impact_s: float = 20.0
     impact_rounds: int = 2
     cpu_rate: int = 5000

@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 
 from . import procs, workload
-from .common import Context, median, rate_label, remove_data, say, start_tool, worst
+from .common import Context, median, rate_label, remove_data, run_base, say, start_tool, worst
+from .s3 import S3Target, seaweedfs, weed_binary
 
 
 def run(ctx: Context) -> dict:
@@ -19,12 +20,29 @@ def run(ctx: Context) -> dict:
     out: dict = {"runs": [], "summary": {}}
     say(f"\n== 1. RPO (file replica; {s.rpo_runs} runs per rate and tool; writer runs "
         f"{s.rpo_write_s[0]:g}-{s.rpo_write_s[1]:g} s, then SIGKILL of writer and tool together)")
-    for rate in s.rpo_rates:
+    _rates(ctx, s.rpo_rates, out["runs"], out["summary"], lambda d, tool, rate, i: d / "replica")
+    if not s.rpo_s3_rates:
+        return out
+    if not weed_binary().exists():
+        say(f"  (S3 rows skipped: no SeaweedFS binary at {weed_binary()})")
+        return out
+    say("\n== 1b. RPO (S3 replica: SeaweedFS on 127.0.0.1, default settings of both tools)")
+    out["s3_runs"], out["s3_summary"] = [], {}
+    with seaweedfs(run_base() / "seaweedfs") as server:
+        _rates(ctx, s.rpo_s3_rates, out["s3_runs"], out["s3_summary"],
+               lambda d, tool, rate, i: S3Target(server, f"rpo-{tool.short}-{int(rate)}-{i}"))
+    return out
+
+
+def _rates(ctx: Context, rates, runs: list, summary: dict, replica_for) -> None:
+    s = ctx.s
+    for rate in rates:
         for i in range(s.rpo_runs):
             hold_s = ctx.rng.uniform(*s.rpo_write_s)
             for tool in ctx.order(i):
-                r = one_run(ctx, tool, rate, hold_s, seed=1000 + i)
-                out["runs"].append(r)
+                r = one_run(ctx, tool, rate, hold_s, seed=1000 + i,
+                            replica_for=lambda d, tool=tool, i=i: replica_for(d, tool, rate, i))
+                runs.append(r)
                 if r.get("error"):
                     say(f"  {rate_label(rate):>9} {tool.name:<10} run {i + 1}: FAILED {r['error']}")
                 else:
@@ -32,18 +50,18 @@ def run(ctx: Context) -> dict:
                         f"({r['missing_tx']} of {r['source_tx']} tx missing, writer {r['writer_tx_per_s']:.0f} tx/s, "
                         f"restore {r['restore_s']:.2f} s)")
         for tool in ctx.tools:
-            vals = [r["rpo_s"] for r in out["runs"] if r["tool"] == tool.name and r["rate"] == rate]
+            vals = [r["rpo_s"] for r in runs if r["tool"] == tool.name and r["rate"] == rate]
             ok = [v for v in vals if v is not None]
-            out["summary"][f"{tool.name}|{rate}"] = {"median_s": median(ok), "worst_s": worst(ok),
-                                                     "runs": len(vals), "failed": len(vals) - len(ok)}
+            summary[f"{tool.name}|{rate}"] = {"median_s": median(ok), "worst_s": worst(ok),
+                                              "runs": len(vals), "failed": len(vals) - len(ok)}
             if ok:
                 say(f"  -> {tool.name} {rate_label(rate)}: median {median(ok):.3f} s, worst {worst(ok):.3f} s")
-    return out
 
 
-def one_run(ctx: Context, tool, rate: float, hold_s: float, seed: int) -> dict:
+def one_run(ctx: Context, tool, rate: float, hold_s: float, seed: int, replica_for=None) -> dict:
     d = ctx.run_dir(f"rpo-{tool.short}-{int(rate)}")
-    db, replica, out = d / "src.db", d / "replica", d / "restored.db"
+    db, out = d / "src.db", d / "restored.db"
+    replica = replica_for(d) if replica_for else d / "replica"
     workload.create_db(str(db))
     res: dict = {"tool": tool.name, "rate": rate, "hold_s": hold_s, "rpo_s": None}
     proc = writer = None
@@ -79,3 +97,6 @@ def one_run(ctx: Context, tool, rate: float, hold_s: float, seed: int) -> dict:
         for p in (writer, proc):
             if p is not None and p.poll() is None:
                 procs.stop(p, 9, 10)
+        if isinstance(replica, S3Target):
+            for cfg in d.glob("*.yml"):  # they hold the (throwaway) S3 credentials
+                cfg.unlink()

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from . import procs
+from .s3 import S3Target
 
 BENCH_DIR = Path(__file__).resolve().parent
 LITESTREAM_VENV = BENCH_DIR / ".venv-litestream"
@@ -57,6 +58,10 @@ class Tool:
     def replica_bytes(self, replica: Path) -> int:
         return dir_bytes(replica)
 
+    def env(self, replica: Path | S3Target) -> dict | None:
+        """The environment for this tool's processes (None: ours)."""
+        return None
+
     def replica_snapshots(self, replica: Path) -> int:
         """Full images in the replica (replicator: *.snap.zst; Litestream: level-9 LTX files)."""
         return 0
@@ -69,7 +74,7 @@ class Tool:
         """Run a restore to `out`; returns (wall seconds including an fsync of out, exit code)."""
         args = self.restore_args(db, replica, out, timestamp_ns)
         start = time.perf_counter()
-        proc = procs.spawn(args, log)
+        proc = procs.spawn(args, log, env=self.env(replica))
         rc = proc.wait()
         procs._started.remove(proc)
         if rc == 0 and out.exists():
@@ -97,17 +102,31 @@ class Replicator(Tool):
     def version(self) -> str:
         return subprocess.run([self.exe, "version"], capture_output=True, text=True).stdout.strip()
 
-    def start(self, db: Path, replica: Path, log: Path, process_group: int | None = None) -> subprocess.Popen:
-        return procs.spawn([self.exe, "replicate", str(db), f"file://{replica}"], log,
-                           process_group=process_group)
+    @staticmethod
+    def _s3_config(db: Path, replica: S3Target) -> Path:
+        cfg = db.with_name(db.name + ".replicator.yml")
+        cfg.write_text(f"dbs:\n  - path: {db}\n    replicas:\n{replica.replica_yaml()}")
+        return cfg
 
-    def restore_args(self, db: Path, replica: Path, out: Path, timestamp_ns: int | None) -> list[str]:
-        args = [self.exe, "restore", "-o", str(out), f"file://{replica}"]
+    def start(self, db: Path, replica: Path | S3Target, log: Path, process_group: int | None = None) -> subprocess.Popen:
+        if isinstance(replica, S3Target):
+            args = [self.exe, "run", "-c", str(self._s3_config(db, replica))]
+        else:
+            args = [self.exe, "replicate", str(db), f"file://{replica}"]
+        return procs.spawn(args, log, process_group=process_group)
+
+    def restore_args(self, db: Path, replica: Path | S3Target, out: Path, timestamp_ns: int | None) -> list[str]:
+        if isinstance(replica, S3Target):
+            args = [self.exe, "restore", "-c", str(self._s3_config(db, replica)), "-o", str(out), str(db)]
+        else:
+            args = [self.exe, "restore", "-o", str(out), f"file://{replica}"]
         if timestamp_ns is not None:
             args += ["--timestamp", rfc3339(timestamp_ns)]
         return args
 
-    def snapshot_present(self, replica: Path) -> bool:
+    def snapshot_present(self, replica: Path | S3Target) -> bool:
+        if isinstance(replica, S3Target):
+            return any("/snapshots/" in k and k.endswith(".snap.zst") for k in replica.keys())
         gens = replica / "generations"
         if not gens.is_dir():
             return False
@@ -147,14 +166,25 @@ class Litestream(Tool):
     def config_path(db: Path) -> Path:
         return db.with_name(db.name + ".litestream.yml")
 
-    def _config(self, db: Path, replica: Path) -> Path:
+    def _config(self, db: Path, replica: Path | S3Target) -> Path:
         cfg = self.config_path(db)
-        cfg.write_text(f"dbs:\n  - path: {db}\n    replicas:\n      - type: file\n        path: {replica}\n")
+        block = (replica.replica_yaml() if isinstance(replica, S3Target)
+                 else f"      - type: file\n        path: {replica}\n")
+        cfg.write_text(f"dbs:\n  - path: {db}\n    replicas:\n{block}")
         return cfg
 
     def start(self, db: Path, replica: Path, log: Path, process_group: int | None = None) -> subprocess.Popen:
         cfg = self._config(db, replica)
-        return procs.spawn([self.exe, "replicate", "-config", str(cfg)], log, process_group=process_group)
+        return procs.spawn([self.exe, "replicate", "-config", str(cfg)], log, process_group=process_group,
+                           env=self.env(replica))
+
+    def env(self, replica: Path | S3Target) -> dict | None:
+        """Without AWS_CA_BUNDLE: with it set (as on some machines), the Go SDK refuses to build
+        Litestream's S3 client at all ("unable to add custom RootCAs"); the endpoint here is
+        plain HTTP on loopback, so no CA is involved either way."""
+        if not isinstance(replica, S3Target):
+            return None
+        return {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
 
     def restore_args(self, db: Path, replica: Path, out: Path, timestamp_ns: int | None) -> list[str]:
         cfg = self._config(db, replica)
@@ -165,6 +195,8 @@ class Litestream(Tool):
 
     def snapshot_present(self, replica: Path) -> bool:
         """Any complete LTX file: Litestream's first L0 file is a full image of the database."""
+        if isinstance(replica, S3Target):
+            return any(k.endswith(".ltx") for k in replica.keys())
         ltx = replica / "ltx"
         if not ltx.is_dir():
             return False

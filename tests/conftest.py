@@ -7,17 +7,8 @@ so one test's S3 settings cannot leak into another's.
 from __future__ import annotations
 
 import atexit
-import contextlib
-import dataclasses
-import glob
-import json
 import logging
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable
@@ -25,127 +16,7 @@ from typing import Any, Callable
 import pytest
 
 from replicator.config import S3Options
-
-REGION = "us-east-1"
-SEAWEEDFS_START_TIMEOUT_S = 60.0
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-@dataclasses.dataclass
-class S3Server:
-    """An S3 endpoint plus the credentials it accepts."""
-
-    endpoint: str
-    access_key: str
-    secret_key: str = dataclasses.field(repr=False)
-    region: str = REGION
-
-    @property
-    def env(self) -> dict[str, str]:
-        """AWS_* variables for a subprocess (merge into a copy of os.environ)."""
-        return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
-                "AWS_REGION": self.region, "AWS_ENDPOINT_URL_S3": self.endpoint}
-
-    def client(self) -> Any:
-        """A plain boto3 client for test setup and inspection (not the code under test)."""
-        import boto3
-        from botocore.config import Config
-
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name=self.region,
-                            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
-                            config=Config(s3={"addressing_style": "path"}, connect_timeout=2,
-                                          read_timeout=30, retries={"mode": "standard", "max_attempts": 1},
-                                          request_checksum_calculation="when_required",
-                                          response_checksum_validation="when_required"))
-
-    def options(self, bucket: str, prefix: str = "replica", **overrides: Any) -> S3Options:
-        return S3Options(bucket=bucket, prefix=prefix, region=self.region, endpoint=self.endpoint,
-                         force_path_style=True, access_key_id=self.access_key,
-                         secret_access_key=self.secret_key, **overrides)
-
-
-class SeaweedFS(S3Server):
-    """`weed server` (master+volume+filer+S3) in its own process group; stop()/start() keep
-    ports and data so tests can simulate an outage."""
-
-    def __init__(self, weed: Path, root: Path):
-        self.weed, self.root = weed, root
-        (self.master, self.master_grpc, self.volume, self.volume_grpc, self.filer,
-         self.filer_grpc, self.s3, self.s3_grpc) = free_ports(8)
-        super().__init__(f"http://127.0.0.1:{self.s3}", "AK" + uuid.uuid4().hex[:18].upper(),
-                         uuid.uuid4().hex + uuid.uuid4().hex[:8])
-        (root / "data").mkdir(parents=True, exist_ok=True)
-        (root / "s3.json").write_text(json.dumps({"identities": [{
-            "name": "admin", "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}]}]}))
-        # Read from the working directory: one volume per bucket instead of 7, so a fresh
-        # bucket per test stays cheap.
-        (root / "master.toml").write_text(
-            "[master.volume_growth]\ncopy_1 = 1\ncopy_2 = 2\ncopy_3 = 3\ncopy_other = 1\n")
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def args(self) -> list[str]:
-        return [
-            str(self.weed), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={self.root / 'data'}",
-            f"-master.port={self.master}", f"-master.port.grpc={self.master_grpc}",
-            "-master.volumeSizeLimitMB=64", "-master.electionTimeout=500ms", "-master.telemetry=false",
-            f"-volume.port={self.volume}", f"-volume.port.grpc={self.volume_grpc}",
-            "-volume.max=1000", "-volume.preStopSeconds=0",
-            "-filer", f"-filer.port={self.filer}", f"-filer.port.grpc={self.filer_grpc}",
-            "-s3", f"-s3.port={self.s3}", f"-s3.port.grpc={self.s3_grpc}",
-            "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={self.root / 's3.json'}",
-            "-s3.autoCreateBucket=false",
-        ]
-
-    def start(self, timeout_s: float = SEAWEEDFS_START_TIMEOUT_S) -> None:
-        """Launch and wait until a bucket can be created and written (volume server joined)."""
-        assert self.proc is None, "already running"
-        with open(self.root / "weed.log", "ab") as log:
-            self.proc = subprocess.Popen(self.args, cwd=self.root, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
-        client, deadline = self.client(), time.monotonic() + timeout_s
-        while True:
-            try:
-                with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
-                    client.create_bucket(Bucket="ready-probe")
-                client.put_object(Bucket="ready-probe", Key="probe", Body=b"ok")
-                return
-            except Exception as err:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    tail = (self.root / "weed.log").read_bytes()[-3000:].decode(errors="replace")
-                    raise RuntimeError(f"SeaweedFS did not become ready ({err!r}); log tail:\n{tail}")
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        """Kill the whole process group at once (an abrupt outage, and fast)."""
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
-        self.proc = None
-
-    def cleanup(self) -> None:
-        self.stop()
-        for port in (self.master_grpc, self.volume_grpc, self.filer, self.filer_grpc, self.s3, self.s3_grpc):
-            for path in glob.glob(f"/tmp/seaweedfs-*-{port}.sock"):  # weed's unix sockets
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
+from s3servers import S3Server, SeaweedFS
 
 
 @pytest.fixture(scope="session")
