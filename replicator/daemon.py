@@ -249,8 +249,6 @@ class DbReplicator:
         now = self._now()
         if copied:
             self.last_write_ns = now
-        assert self.source.pos is not None
-        frames = self.source.pos.frame
         idle_s = (now - self.last_write_ns) / 1e9
         if self._backfill is not None:
             if self._backfill.is_alive():
@@ -267,10 +265,13 @@ class DbReplicator:
             self.source.checkpoint_finish(self._spool_batch)
             self.spool.sync()
             return
-        # Only while the application cannot checkpoint: it would do the backfill of frames
-        # below our new read mark inside its own commit.
-        if guarded and (frames >= self.cfg.min_checkpoint_page_count or (
-                frames > 0 and idle_s >= self.cfg.checkpoint_interval_s)):
+        # Counted from the WAL's unbackfilled frames, not from our position in it: after a
+        # checkpoint of an idle database the WAL restarts only with the next write, and our
+        # position stays high until then. Only while the application cannot checkpoint: it
+        # would do the backfill of frames below our new read mark inside its own commit.
+        unbackfilled = self.source.backfill_tail()
+        if guarded and (unbackfilled >= self.cfg.min_checkpoint_page_count or (
+                unbackfilled > 0 and idle_s >= self.cfg.checkpoint_interval_s)):
             self._backfill_rounds, self._backfill_tail = 0, 1 << 62
             self._start_backfill()
             return

@@ -28,7 +28,7 @@ MAX_MERGED_BYTES = 32 << 20  # one merged segment at most: bounds upload memory 
 OUTAGE_LOG_INTERVAL_S = 60.0  # one line per minute while a replica is unreachable
 RETRY_DELAY_S = (0.1, 5.0)  # backoff between failed upload rounds (min, max)
 REQUEST_LOG_INTERVAL_S = 60.0
-MIN_ROUND_INTERVAL_S = 0.005  # sync-interval 0 still batches a busy writer's commits a little
+MIN_ROUND_INTERVAL_S = 0.02  # sync-interval 0 still batches a busy writer's commits a little
 LEASE_TTL_S = 600.0  # long: renewed only alongside uploads, so an idle replica costs no requests
 
 

@@ -272,3 +272,23 @@ def test_history_snapshot_waits_for_a_pause_until_twice_the_ratio(env, monkeypat
     finally:
         rep.stop()
         assert rep.join()
+
+
+def test_a_checkpointed_idle_database_is_not_checkpointed_again(env):
+    """After a checkpoint the WAL restarts only with the next write: until then our position
+    stays past min-checkpoint-page-count, which must not start a cycle on every wake-up."""
+    db, replica, conn = env
+    cfg = DbConfig(path=str(db), replicas=(replica,), monitor_interval_s=0.05, min_checkpoint_page_count=10)
+    rep = DbReplicator(cfg)
+    rep.open()
+    try:
+        _write(conn, 30)
+        rep.step()  # starts the checkpoint: (a), then (b) on a thread
+        rep._backfill.join()
+        rep.step()  # (c)
+        assert rep.source.backfill_tail() == 0 and rep.source.pos.frame >= 10
+        rep.step()
+        assert rep._backfill is None
+    finally:
+        rep.stop()
+        assert rep.join()
