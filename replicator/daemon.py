@@ -25,12 +25,16 @@ log = logging.getLogger(__name__)
 
 SEGMENT_MAX_PAGE_BYTES = 32 << 20  # split a large batch into segments of about this much data
 COPY_CHUNK_BYTES = 32 << 20  # WAL read and spooled per piece when the tail is behind
-# History-triggered snapshots (snapshot-history-ratio) wait for at least this much WAL: a
+# History-triggered snapshots (snapshot-history-ratio) wait for at least this much (compressed
+# segments since the newest snapshot): a
 # snapshot holds checkpoints back while it reads (the WAL grows meanwhile), so a small
 # database under a busy writer must not be snapshotted every few seconds (measured at
 # 256 MiB, flat out: a snapshot every ~3 s and a WAL high-water of 184 MB instead of 24 MB).
 SNAPSHOT_HISTORY_FLOOR_BYTES = 1 << 30
 HISTORY_SNAPSHOT_QUIET_S = 1.0  # "the writer paused": no commit for this long
+# ... or regardless at this multiple (a writer that never pauses: 20 s flat out here wrote
+# 2 GiB, and a forced snapshot at 2x put the WAL high-water at 95 MB instead of ~35 MB).
+HISTORY_SNAPSHOT_FORCE = 4
 DRAIN_TIMEOUT_S = 30.0  # on stop, how long to keep shipping to a replica that is slow
 MIN_BATCH_INTERVAL_S = 0.005  # at most ~200 batches a second; adds <= 5 ms to the RPO
 # Phase (c) of a checkpoint holds the write lock while it backfills what the writer added
@@ -55,7 +59,10 @@ class DbReplicator:
         self.generation = ""
         self.error: BaseException | None = None
         self.last_snapshot_ns = 0
-        self.history_bytes = 0  # page bytes copied since the last snapshot (not persisted)
+        # Segment bytes since the newest snapshot, and that snapshot's size (both compressed,
+        # i.e. what a restore downloads and decompresses); recovered from the replicas.
+        self.history_bytes = 0
+        self.last_snapshot_bytes = 0
         self.last_write_ns = clock_ns()
         self._last_time_ns = 0
         self.shippers = [
@@ -165,6 +172,8 @@ class DbReplicator:
                 self.generation = state.generation
                 self.source.checksum = state.checksum
                 self.last_snapshot_ns = self._recovered_snapshot_ns()
+                self.last_snapshot_bytes, self.history_bytes = max(
+                    [s.history.get(self.generation, (0, 0)) for s in self.shippers], key=lambda h: h[1])
                 self._drop_spooled_after(state.pos.txid)
                 log.info("%s: resuming generation %s at txid %d", self.cfg.path, self.generation,
                          state.pos.txid)
@@ -234,6 +243,8 @@ class DbReplicator:
                 writer.write_pages(chunk)
                 poll()  # commits keep flowing while a large image is read (R's mark stays)
             value = writer.finish()
+            size = out.tell()
+        self.last_snapshot_bytes = size
         if expected is not None and value != expected:
             self.spool.objects.delete_many([key])
             raise SourceError(f"{self.cfg.path}: snapshot at txid {txid} does not match the tail's "
@@ -281,18 +292,19 @@ class DbReplicator:
         self._serve_requests()
 
     def _history_due(self, idle_s: float) -> bool:
-        """Enough WAL since the last snapshot that a restore would replay more than
-        `snapshot-history-ratio` times the database: a new snapshot bounds restore time.
+        """Enough segments since the newest snapshot that a restore would read more than
+        `snapshot-history-ratio` times that snapshot: a new snapshot bounds restore time.
+        Measured in compressed bytes (what a restore downloads), so a restart recovers the
+        count from one LIST of the replicas.
 
         Taken once the writer pauses (a snapshot holds checkpoints back while it reads, and
-        the WAL grows by whatever is written meanwhile), or regardless at twice the amount.
+        the WAL grows by whatever is written meanwhile), or regardless at HISTORY_SNAPSHOT_FORCE
+        times the amount.
         """
         ratio = self.cfg.snapshot_history_ratio
-        assert self.source.checksum is not None
-        db_bytes = self.source.checksum.n_pages * self.source.page_size
-        threshold = max(ratio * db_bytes, SNAPSHOT_HISTORY_FLOOR_BYTES)
+        threshold = max(ratio * self.last_snapshot_bytes, SNAPSHOT_HISTORY_FLOOR_BYTES)
         return ratio > 0 and self.history_bytes >= threshold and (
-            idle_s >= HISTORY_SNAPSHOT_QUIET_S or self.history_bytes >= 2 * threshold)
+            idle_s >= HISTORY_SNAPSHOT_QUIET_S or self.history_bytes >= HISTORY_SNAPSHOT_FORCE * threshold)
 
     def _start_backfill(self) -> None:
         """Checkpoint phases (a) then (b): move the read mark up, backfill on a thread."""
@@ -337,17 +349,15 @@ class DbReplicator:
         ck = self.source.checksum
         assert ck is not None and self.source.pos is not None
         changed: set[int] = set()
-        n = 0
         for _, _, pages in copied:
             changed.update(pages)
-            n += len(pages)
-        self.history_bytes += n * self.source.page_size
         txs = transactions(copied, ck, self._now())
         for chunk in _chunks(txs, SEGMENT_MAX_PAGE_BYTES // self.source.page_size):
             data = self.encoder.encode(self.generation, self.source.page_size, chunk)
             key = layout.segment_key(self.generation, chunk[0].txid, chunk[-1].txid,
                                      chunk[0].time_ns, chunk[-1].time_ns)
             self.spool.objects.put(key, data)
+            self.history_bytes += len(data)
         self.spool.append(self.generation, self.source.pos, ck, changed)
         self._notify()
 

@@ -64,6 +64,8 @@ class Shipper:
         self.owner = f"{socket.gethostname()}:{os.path.abspath(db_name)}"
         self.lease: lease.Lease | None = None
         self.recovered = False
+        # generation -> (newest snapshot's size, bytes of segments after it), from recover()
+        self.history: dict[str, tuple[int, int]] = {}
 
     # -- state ---------------------------------------------------------------------
 
@@ -89,6 +91,10 @@ class Shipper:
                                                     snap.time_ms * 1_000_000)
             if gen.segments:
                 self.segments_upto[gen.name] = max(s.last_txid for s in gen.segments)
+            if gen.snapshots:
+                last = max(gen.snapshots, key=lambda s: s.txid)
+                self.history[gen.name] = (last.size, sum(s.size for s in gen.segments
+                                                         if s.first_txid > last.txid))
         self.recovered = True
 
     def has(self, info: SnapshotInfo | SegmentInfo) -> bool:

@@ -10,7 +10,7 @@ import pytest
 
 from replicator import layout
 from replicator.config import DbConfig, ReplicaConfig
-from replicator.daemon import DbReplicator
+from replicator.daemon import HISTORY_SNAPSHOT_FORCE, DbReplicator
 from replicator.demo import content_hash
 from replicator.plan import Target
 from replicator.restore import restore
@@ -223,37 +223,57 @@ def test_named_snapshot_at_the_generations_first_txid_is_shipped(env):
     assert snaps[0].txid == snaps[1].txid
 
 
+def _steps_until_snapshot(rep, conn, limit_bytes: float, max_rows: int = 5000) -> int:
+    """Write a row and step until a snapshot is taken; every step without one must have left
+    the history under `limit_bytes`. Returns the history bytes seen before the snapshot."""
+    first, seen = rep.last_snapshot_ns, 0
+    for i in range(max_rows):
+        _write(conn, 1, 10_000 + i)
+        rep.step()
+        if rep.last_snapshot_ns != first:
+            return seen
+        seen = rep.history_bytes
+        assert seen < limit_bytes
+    raise AssertionError("no snapshot")
+
+
 def test_history_past_the_ratio_takes_a_snapshot(env, tmp_path, monkeypatch):
-    """Restore replays at most ~ratio x the database: a snapshot follows that much WAL."""
+    """A restore reads at most ~ratio x the newest snapshot of segments: then a new snapshot."""
     db, replica, conn = env
     monkeypatch.setattr("replicator.daemon.SNAPSHOT_HISTORY_FLOOR_BYTES", 0)
-    monkeypatch.setattr("replicator.daemon.HISTORY_SNAPSHOT_QUIET_S", 0)  # see the test below
+    monkeypatch.setattr("replicator.daemon.HISTORY_SNAPSHOT_QUIET_S", 0)
     cfg = DbConfig(path=str(db), replicas=(replica,), monitor_interval_s=0.05, snapshot_history_ratio=2.0)
     rep = DbReplicator(cfg)
     rep.open()
     try:
-        db_pages = rep.source.checksum.n_pages
-        first = rep.last_snapshot_ns
-        _write(conn, 2 * db_pages - 1)  # one page per commit here: just under 2x the database
-        rep.step()
-        assert rep.last_snapshot_ns == first
-        _write(conn, 2, 2 * db_pages)
-        rep.step()
-        assert rep.last_snapshot_ns > first and rep.history_bytes == 0
-        _write(conn, 3, 2 * db_pages + 2)
+        snap = rep.last_snapshot_bytes
+        assert snap > 0 and rep.history_bytes == 0
+        _steps_until_snapshot(rep, conn, 2 * snap)
+        assert rep.history_bytes < 2 * snap
+        _write(conn, 3)
         rep.step()
     finally:
         rep.stop()
         assert rep.join()
     gen = _generations(replica)[0]
     assert len(gen.snapshots) == 2
+    between = sum(s.size for s in gen.segments if gen.snapshots[0].txid < s.first_txid <= gen.snapshots[1].txid)
+    assert between >= 2 * gen.snapshots[0].size
     out = tmp_path / "o.db"
     result = restore(open_storage(replica), out)
     assert result.snapshot_key == gen.snapshots[-1].key
     assert content_hash(out) == content_hash(db)
+    again = DbReplicator(cfg)  # a restart recovers the count from the replica's listing
+    again.open()
+    try:
+        after = [s for s in gen.segments if s.first_txid > gen.snapshots[1].txid]
+        assert (again.last_snapshot_bytes, again.history_bytes) == (gen.snapshots[1].size, sum(s.size for s in after))
+    finally:
+        again.stop()
+        assert again.join()
 
 
-def test_history_snapshot_waits_for_a_pause_until_twice_the_ratio(env, monkeypatch):
+def test_history_snapshot_waits_for_a_pause_until_a_multiple_of_the_ratio(env, monkeypatch):
     db, replica, conn = env
     monkeypatch.setattr("replicator.daemon.SNAPSHOT_HISTORY_FLOOR_BYTES", 0)
     monkeypatch.setattr("replicator.daemon.HISTORY_SNAPSHOT_QUIET_S", 3600)  # never quiet here
@@ -261,14 +281,9 @@ def test_history_snapshot_waits_for_a_pause_until_twice_the_ratio(env, monkeypat
     rep = DbReplicator(cfg)
     rep.open()
     try:
-        first = rep.last_snapshot_ns
-        db_pages = rep.source.checksum.n_pages
-        _write(conn, db_pages + 1)  # past 1x the database: due, but the writer never paused
-        rep.step()
-        assert rep.last_snapshot_ns == first
-        _write(conn, 2 * db_pages + 2, db_pages + 1)  # past 2x: taken regardless
-        rep.step()
-        assert rep.last_snapshot_ns > first
+        snap = rep.last_snapshot_bytes
+        seen = _steps_until_snapshot(rep, conn, HISTORY_SNAPSHOT_FORCE * snap)
+        assert seen >= snap  # it was due long before, but the writer never paused
     finally:
         rep.stop()
         assert rep.join()
