@@ -25,11 +25,11 @@ log = logging.getLogger(__name__)
 
 SEGMENT_MAX_PAGE_BYTES = 32 << 20  # split a large batch into segments of about this much data
 COPY_CHUNK_BYTES = 32 << 20  # WAL read and spooled per piece when the tail is behind
-# History-triggered snapshots (snapshot-history-ratio) wait for at least this much (compressed
-# segments since the newest snapshot): a
-# snapshot holds checkpoints back while it reads (the WAL grows meanwhile), so a small
-# database under a busy writer must not be snapshotted every few seconds (measured at
-# 256 MiB, flat out: a snapshot every ~3 s and a WAL high-water of 184 MB instead of 24 MB).
+# History-triggered snapshots (snapshot-history-ratio) wait for at least this much compressed
+# segment data since the newest snapshot: a snapshot holds checkpoints back while it reads
+# (the WAL grows meanwhile), so a small database under a busy writer must not be snapshotted
+# every few seconds (measured at 256 MiB of WAL, flat out: a snapshot every ~3 s and a WAL
+# high-water of 184 MB instead of 24 MB).
 SNAPSHOT_HISTORY_FLOOR_BYTES = 1 << 30
 HISTORY_SNAPSHOT_QUIET_S = 1.0  # "the writer paused": no commit for this long
 # ... or regardless at this multiple (a writer that never pauses: 20 s flat out here wrote
@@ -42,6 +42,9 @@ MIN_BATCH_INTERVAL_S = 0.005  # at most ~200 batches a second; adds <= 5 ms to t
 # (a flat-out writer keeps it at a few hundred frames: rounds past that only grow the WAL).
 CHECKPOINT_TAIL_FRAMES = 128
 MAX_BACKFILL_ROUNDS = 6
+# Without the checkpointer lock (an application checkpoint holds it), wait for this many times
+# min-checkpoint-page-count before checkpointing anyway.
+UNGUARDED_CHECKPOINT_FACTOR = 4
 
 
 class DbReplicator:
@@ -278,11 +281,14 @@ class DbReplicator:
             return
         # Counted from the WAL's unbackfilled frames, not from our position in it: after a
         # checkpoint of an idle database the WAL restarts only with the next write, and our
-        # position stays high until then. Only while the application cannot checkpoint: it
-        # would do the backfill of frames below our new read mark inside its own commit.
+        # position stays high until then. Preferably while the application cannot checkpoint
+        # (it would do the backfill of frames below our new read mark inside its own commit),
+        # but not at any price: only our rounds move the mark, so if an application keeps
+        # winning the checkpointer lock the WAL would otherwise grow without bound.
         unbackfilled = self.source.backfill_tail()
-        if guarded and (unbackfilled >= self.cfg.min_checkpoint_page_count or (
-                unbackfilled > 0 and idle_s >= self.cfg.checkpoint_interval_s)):
+        due = unbackfilled >= self.cfg.min_checkpoint_page_count or (
+            unbackfilled > 0 and idle_s >= self.cfg.checkpoint_interval_s)
+        if due and (guarded or unbackfilled >= UNGUARDED_CHECKPOINT_FACTOR * self.cfg.min_checkpoint_page_count):
             self._backfill_rounds, self._backfill_tail = 0, 1 << 62
             self._start_backfill()
             return
