@@ -58,10 +58,15 @@ def test_replicate_url_and_restore_with_environment_credentials(tmp_path: Path, 
 
 
 def spooled_segments(db: Path) -> list[layout.SegmentInfo]:
+    """Segments in the spool of a running replicator (which prunes them as they ship)."""
     root = Path(str(db) + "-replicator") / "objects"
     out = []
     for path in root.glob("generations/*/segments/*"):
-        info = layout.parse_key(str(path.relative_to(root)), path.stat().st_size)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            continue  # shipped and pruned between the listing and the stat
+        info = layout.parse_key(str(path.relative_to(root)), size)
         if isinstance(info, layout.SegmentInfo):
             out.append(info)
     return out
