@@ -351,7 +351,7 @@ class Source:
         frames still to be copied were written, so the invariant holds without stopping the
         writer: while a reader holds a mark above 0 the WAL cannot restart, and a reader on
         mark 0 (everything was backfilled when it began) blocks every backfill, so the WAL
-        cannot restart past a frame written after it began either (design 4.2).
+        cannot restart past a frame written after it began either (design 4, "generalised").
         Returns the transactions copied on the way, like copy().
         """
         assert self.R is not None and self.R2 is not None

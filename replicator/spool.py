@@ -49,13 +49,16 @@ class Spool:
     def __init__(self, db_path: str):
         self.dir = spool_dir(db_path)
         # Not fsynced per batch: copied frames stay in the WAL until our own checkpoint lets
-        # the WAL restart, and the daemon syncs the spool right before each checkpoint.
+        # the WAL restart, and the daemon syncs the spool before each checkpoint round.
         self.objects = IndexedObjects(FileStorage(self.dir / "objects", url=f"spool:{self.dir}",
                                                   durable=False))
         self.state_dir = self.dir / "state"
         self.requests_dir = self.dir / "requests"
         self._lock_fd = -1
         self._log_fd = -1
+        # sync() runs on the checkpoint thread while the copy loop appends (and save_base
+        # replaces the log's descriptor): the descriptor is only used under this lock.
+        self._log_lock = threading.Lock()
         self._log_size = 0
         self._base_size = 0
 
@@ -84,9 +87,10 @@ class Spool:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
-        if self._log_fd >= 0:
-            os.close(self._log_fd)
-            self._log_fd = -1
+        with self._log_lock:
+            if self._log_fd >= 0:
+                os.close(self._log_fd)
+                self._log_fd = -1
 
     # -- tail state -------------------------------------------------------------------
 
@@ -110,10 +114,12 @@ class Spool:
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
-        if self._log_fd >= 0:
-            os.close(self._log_fd)
-        os.replace(tmp, self.state_dir / "base.bin")
-        self._log_fd = os.open(self.state_dir / "log.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+        with self._log_lock:
+            if self._log_fd >= 0:
+                os.close(self._log_fd)
+            os.replace(tmp, self.state_dir / "base.bin")
+            self._log_fd = os.open(self.state_dir / "log.bin",
+                                   os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
         fsync_dir(self.state_dir)
         self._log_size, self._base_size = 0, len(payload)
 
@@ -131,14 +137,16 @@ class Spool:
         rec = self._frame(self._frame(meta) + pairs.tobytes())
         # No fsync: a lost record only makes a restart re-copy from the WAL or start a new
         # generation; it can never claim more than the spool holds (written after it).
-        os.write(self._log_fd, rec)
+        with self._log_lock:
+            os.write(self._log_fd, rec)
         self._log_size += len(rec)
 
     def sync(self) -> None:
         """Make spooled objects and the tail state durable (before frames may leave the WAL)."""
         self.objects.sync()
-        if self._log_fd >= 0:
-            os.fsync(self._log_fd)
+        with self._log_lock:
+            if self._log_fd >= 0:
+                os.fsync(self._log_fd)
 
     def load(self) -> TailState | None:
         """The last durable tail state, or None (no state, or it does not parse)."""
