@@ -4,6 +4,7 @@ timers and a graceful stop that ships everything committed before exiting.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 import time
@@ -15,11 +16,12 @@ from .config import Config, DbConfig
 from .errors import ReplicatorError, SourceError
 from .prefetch import prefetch
 from .replica import Shipper
-from .segment import SegmentEncoder, SnapshotWriter, Transaction
-from .source import ContinuityLost, Source, transactions
+from .segment import SegmentEncoder, SnapshotWriter
+from .source import ContinuityLost, Copied, Source
 from .spool import Spool
 from .storage import Storage, open_storage
 from .wakeup import watch_file
+from .walscan import Scanned
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,6 @@ class DbReplicator:
         self.history_bytes = 0
         self.last_snapshot_bytes = 0
         self.last_write_ns = clock_ns()
-        self._last_time_ns = 0
         self.shippers = [
             Shipper(r, (storages or {}).get(r.name) or open_storage(r), self.spool.objects, cfg.path,
                     on_ack=self._prune)
@@ -345,32 +346,38 @@ class DbReplicator:
         while True:
             copied = self.source.copy(max_bytes=COPY_CHUNK_BYTES)
             self._spool_batch(copied)
-            n += len(copied)
+            n += copied.n_tx
             if self.source.caught_up:
                 return n
 
-    def _spool_batch(self, copied: list) -> None:
+    def _spool_batch(self, copied: Copied) -> None:
         if not copied:
             return
-        ck = self.source.checksum
-        assert ck is not None and self.source.pos is not None
+        assert self.source.checksum is not None and self.source.pos is not None
         changed: set[int] = set()
-        for _, _, pages in copied:
-            changed.update(pages)
-        txs = transactions(copied, ck, self._now())
-        for chunk in _chunks(txs, SEGMENT_MAX_PAGE_BYTES // self.source.page_size):
-            data = self.encoder.encode(self.generation, self.source.page_size, chunk)
-            key = layout.segment_key(self.generation, chunk[0].txid, chunk[-1].txid,
-                                     chunk[0].time_ns, chunk[-1].time_ns)
-            self.spool.objects.put(key, data)
-            self.history_bytes += len(data)
-        self.spool.append(self.generation, self.source.pos, ck, changed)
+        for scanned in copied:
+            changed.update(scanned.changed)
+            self._spool_segments(scanned)
+        self.spool.append(self.generation, self.source.pos, self.source.checksum, changed)
         self._notify()
 
+    def _spool_segments(self, s: Scanned) -> None:
+        """The records of one read as segments of at most SEGMENT_MAX_PAGE_BYTES (unless one
+        transaction is larger), split between transactions."""
+        ps, ends, records = self.source.page_size, s.ends, memoryview(s.body)
+        i, start = 0, 0
+        while i < len(ends):
+            j = max(i, bisect.bisect_right(ends, start + SEGMENT_MAX_PAGE_BYTES) - 1)
+            first, last = s.first_txid + i, s.first_txid + j
+            data = self.encoder.encode_body(self.generation, ps, records[start:ends[j]], first, last,
+                                            s.time_ns, s.time_ns, s.sizes[j], s.checksums[j])
+            key = layout.segment_key(self.generation, first, last, s.time_ns, s.time_ns)
+            self.spool.objects.put(key, data)
+            self.history_bytes += len(data)
+            i, start = j + 1, ends[j]
+
     def _now(self) -> int:
-        """Wall-clock ns, never going backwards (commit times must be monotonic for restore)."""
-        self._last_time_ns = max(self._last_time_ns + 1, self.clock_ns())
-        return self._last_time_ns
+        return self.source.now()
 
     def _notify(self) -> None:
         for s in self.shippers:
@@ -409,18 +416,6 @@ class DbReplicator:
             except ReplicatorError as err:
                 req.with_suffix(".failed").write_text(str(err))
             req.unlink(missing_ok=True)
-
-
-def _chunks(txs: list[Transaction], max_pages: int) -> list[list[Transaction]]:
-    out: list[list[Transaction]] = [[]]
-    n = 0
-    for tx in txs:
-        if out[-1] and n + len(tx.pages) > max_pages:
-            out.append([])
-            n = 0
-        out[-1].append(tx)
-        n += len(tx.pages)
-    return out
 
 
 class Daemon:

@@ -15,6 +15,7 @@ from typing import BinaryIO
 import xxhash
 
 _hash = xxhash.xxh3_64_intdigest
+PAGE_HASH = _hash  # (page, seed=pgno) -> int; walscan's C code calls it too
 READ_CHUNK = 8 << 20  # 8 MiB sequential reads when hashing a whole file
 
 
