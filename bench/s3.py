@@ -46,14 +46,15 @@ class S3Target:
 
 
 @contextlib.contextmanager
-def seaweedfs(root: Path) -> Iterator[Any]:
-    """A running SeaweedFS with the bench bucket; stopped (and its sockets removed) after."""
+def seaweedfs(root: Path, metrics: bool = False) -> Iterator[Any]:
+    """A running SeaweedFS with the bench bucket; stopped (and its sockets removed) after.
+    metrics=True: its request counters can be read (`server.s3_requests()`)."""
     if str(TESTS) not in sys.path:
         sys.path.insert(0, str(TESTS))
     from s3servers import SeaweedFS
 
     root.mkdir(parents=True, exist_ok=True)
-    server = SeaweedFS(weed_binary(), root)
+    server = SeaweedFS(weed_binary(), root, metrics=metrics)
     try:
         server.start()
         server.client().create_bucket(Bucket=BUCKET)

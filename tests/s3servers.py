@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from replicator.config import S3Options
 
 REGION = "us-east-1"
 SEAWEEDFS_START_TIMEOUT_S = 60.0
+S3_REQUEST_COUNTER = "SeaweedFS_s3_request_total"
 
 
 def free_ports(n: int) -> list[int]:
@@ -69,12 +71,15 @@ class S3Server:
 
 class SeaweedFS(S3Server):
     """`weed server` (master+volume+filer+S3) in its own process group; stop()/start() keep
-    ports and data so tests can simulate an outage."""
+    ports and data so tests can simulate an outage. metrics=True also serves weed's Prometheus
+    metrics on 127.0.0.1:metrics_port, which s3_requests() reads (the bench counts requests)."""
 
-    def __init__(self, weed: Path, root: Path):
+    def __init__(self, weed: Path, root: Path, metrics: bool = False):
         self.weed, self.root = weed, root
+        ports = free_ports(9 if metrics else 8)
         (self.master, self.master_grpc, self.volume, self.volume_grpc, self.filer,
-         self.filer_grpc, self.s3, self.s3_grpc) = free_ports(8)
+         self.filer_grpc, self.s3, self.s3_grpc) = ports[:8]
+        self.metrics_port: int | None = ports[8] if metrics else None
         super().__init__(f"http://127.0.0.1:{self.s3}", "AK" + uuid.uuid4().hex[:18].upper(),
                          uuid.uuid4().hex + uuid.uuid4().hex[:8])
         (root / "data").mkdir(parents=True, exist_ok=True)
@@ -99,7 +104,24 @@ class SeaweedFS(S3Server):
             "-s3", f"-s3.port={self.s3}", f"-s3.port.grpc={self.s3_grpc}",
             "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={self.root / 's3.json'}",
             "-s3.autoCreateBucket=false",
-        ]
+        ] + ([f"-metricsPort={self.metrics_port}", "-metricsIp=127.0.0.1"] if self.metrics_port else [])
+
+    def s3_requests(self) -> dict[tuple[str, str, str], int]:
+        """S3 requests served since this process started, {(bucket, type, HTTP status): count},
+        from weed's own counter. Its type is coarse: GET includes HEAD and ListParts, PUT
+        includes UploadPart, POST is Create/CompleteMultipartUpload, DELETE includes
+        DeleteObjects and AbortMultipartUpload (each request counts once), LIST, COPY."""
+        assert self.metrics_port, "started without metrics=True"
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line.startswith(S3_REQUEST_COUNTER + "{"):
+                labels, value = line[len(S3_REQUEST_COUNTER) + 1:].rsplit("} ", 1)
+                kv = dict(item.split("=", 1) for item in labels.split(","))
+                key = tuple(kv.get(k, '""').strip('"') for k in ("bucket", "type", "code"))
+                out[key] = out.get(key, 0) + int(float(value))
+        return out
 
     def start(self, timeout_s: float = SEAWEEDFS_START_TIMEOUT_S) -> None:
         """Launch and wait until a bucket can be created and written (volume server joined)."""
