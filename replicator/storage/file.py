@@ -10,6 +10,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import itertools
 import os
 import shutil
 import threading
@@ -29,6 +30,7 @@ from .base import (
 
 _COPY_CHUNK = 1 << 20  # 1 MiB: large enough for sequential throughput, small for memory
 _TMP_PREFIX = ".tmp-"
+_TMP_TOKEN = uuid.uuid4().hex[:8]  # per process; a counter makes each temp name unique
 
 
 def fsync_dir(path: Path) -> None:
@@ -57,17 +59,39 @@ class FileStorage:
         self.root = Path(root)
         self.url = url or f"file://{self.root}"
         self.durable = durable
-        self._unsynced: set[Path] = set()
+        self._unsynced: set[str] = set()
         self._unsynced_lock = threading.Lock()
+        self._root = str(self.root)
+        self._dirs: set[str] = set()  # directories known to exist (see _tmp_name)
+        self._tmp_ids = itertools.count()
 
     def _path(self, key: str) -> Path:
+        return Path(self._spath(key))
+
+    def _spath(self, key: str) -> str:
+        """The file of `key`, as a string: the copy loop and shippers put and delete
+        hundreds of objects a second, and pathlib's parsing was a tenth of their work."""
         if key.startswith("/") or ".." in key.split("/"):
             raise Permanent(f"invalid key {key!r}")
-        return self.root / key
+        return f"{self._root}/{key}"
 
-    def _write_tmp(self, path: Path, data: bytes | BinaryIO) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f"{_TMP_PREFIX}{path.name}.{uuid.uuid4().hex[:8]}"
+    def _tmp_name(self, path: str) -> str:
+        """A unique temp name beside `path`, its directory created if need be."""
+        parent, name = os.path.split(path)
+        if parent not in self._dirs:
+            os.makedirs(parent, exist_ok=True)
+            self._dirs.add(parent)
+        return f"{parent}/{_TMP_PREFIX}{name}.{_TMP_TOKEN}-{next(self._tmp_ids)}"
+
+    def _write_tmp(self, path: str, data: bytes | BinaryIO) -> str:
+        try:
+            return self._write_tmp_once(path, data)
+        except FileNotFoundError:
+            self._dirs.discard(os.path.dirname(path))  # removed behind our back: once more
+            return self._write_tmp_once(path, data)
+
+    def _write_tmp_once(self, path: str, data: bytes | BinaryIO) -> str:
+        tmp = self._tmp_name(path)
         with open(tmp, "wb") as out:
             if isinstance(data, (bytes, bytearray, memoryview)):
                 out.write(data)
@@ -79,19 +103,19 @@ class FileStorage:
         return tmp
 
     def put(self, key: str, data: bytes | BinaryIO) -> None:
-        path = self._path(key)
+        path = self._spath(key)
         try:
             tmp = self._link_tmp(path, data) or self._write_tmp(path, data)
             os.replace(tmp, path)
             if self.durable:
-                fsync_dir(path.parent)
+                fsync_dir(os.path.dirname(path))
             else:
                 with self._unsynced_lock:
                     self._unsynced.add(path)
         except OSError as err:
             raise _translate(err, f"{self.url}/{key}") from None
 
-    def _link_tmp(self, path: Path, data: bytes | BinaryIO) -> Path | None:
+    def _link_tmp(self, path: str, data: bytes | BinaryIO) -> str | None:
         """A durable local file on the same filesystem is linked, not copied.
 
         Objects are immutable, and a second name on one filesystem survives exactly what a
@@ -100,13 +124,12 @@ class FileStorage:
         name = getattr(data, "name", None)
         if not isinstance(name, str) or not self.durable or getattr(data, "tell", lambda: 0)() != 0:
             return None
-        path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            if os.stat(name).st_dev != os.stat(path.parent).st_dev:
+            tmp = self._tmp_name(path)
+            if os.stat(name).st_dev != os.stat(os.path.dirname(path)).st_dev:
                 return None
             with open(name, "rb") as src:
                 os.fsync(src.fileno())  # the link shares the source's data: make it durable
-            tmp = path.parent / f"{_TMP_PREFIX}{path.name}.{uuid.uuid4().hex[:8]}"
             os.link(name, tmp)
             return tmp
         except OSError:
@@ -125,15 +148,14 @@ class FileStorage:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        for parent in {p.parent for p in paths}:
+        for parent in {os.path.dirname(p) for p in paths}:
             fsync_dir(parent)
 
     @contextlib.contextmanager
     def writer(self, key: str) -> Iterator[BinaryIO]:
         """Stream an object into place: visible under `key` only once whole and durable."""
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f"{_TMP_PREFIX}{path.name}.{uuid.uuid4().hex[:8]}"
+        tmp = Path(self._tmp_name(str(path)))
         try:
             with open(tmp, "wb") as out:
                 yield out
@@ -145,7 +167,7 @@ class FileStorage:
             tmp.unlink(missing_ok=True)
 
     def put_if_absent(self, key: str, data: bytes) -> None:
-        path = self._path(key)
+        path = self._spath(key)
         try:
             tmp = self._write_tmp(path, data)
             try:
@@ -154,7 +176,7 @@ class FileStorage:
                 raise AlreadyExists(f"{self.url}/{key} already exists") from None
             finally:
                 os.unlink(tmp)
-            fsync_dir(path.parent)
+            fsync_dir(os.path.dirname(path))
         except OSError as err:
             raise _translate(err, f"{self.url}/{key}") from None
 
@@ -182,7 +204,8 @@ class FileStorage:
 
     def get(self, key: str) -> bytes:
         try:
-            return self._path(key).read_bytes()
+            with open(self._spath(key), "rb") as f:
+                return f.read()
         except OSError as err:
             raise _translate(err, f"{self.url}/{key}") from None
 
@@ -245,10 +268,10 @@ class FileStorage:
     def delete_many(self, keys: Iterable[str]) -> None:
         parents = set()
         for key in keys:
-            path = self._path(key)
+            path = self._spath(key)
             try:
-                path.unlink()
-                parents.add(path.parent)
+                os.unlink(path)
+                parents.add(os.path.dirname(path))
             except FileNotFoundError:
                 pass
             except OSError as err:
