@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import io
+import itertools
+import os
+import time
 from unittest import mock
 
 import pytest
 import xxhash
+import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -272,3 +276,104 @@ def test_a_corrupted_snapshot_never_passes_as_the_original(data):
     assert len(snap) - TRAILER_SIZE + 16 <= pos < len(snap) - TRAILER_SIZE + 24
     assert got == b"".join(IMAGE)
     assert trailer.db_checksum != value
+
+
+# -- snapshot frames: compressed in parallel, read back whatever the read boundaries --------
+
+
+def body_of(snap: bytes) -> bytes:
+    return snap[HEADER_SIZE:len(snap) - TRAILER_SIZE]
+
+
+def frames_of(body: bytes) -> list[bytes]:
+    """Split a body into its zstd frames (each must be whole)."""
+    frames = []
+    while body:
+        d = zstandard.ZstdDecompressor().decompressobj()
+        d.decompress(body)
+        assert d.eof
+        n = len(body) - len(d.unused_data)
+        frames.append(body[:n])
+        body = body[n:]
+    return frames
+
+
+MANY = [(bytes([i]) * 8 + bytes(range(i, i + 8))) * (PAGE_SIZE // 16) for i in range(1, 12)]
+
+
+def test_a_snapshot_body_is_one_checksummed_frame_per_frame_of_pages():
+    with mock.patch.object(segment, "SNAPSHOT_FRAME", 2 * PAGE_SIZE):
+        snap, value = make_snapshot(MANY, [5])  # writes of 5 and 6 pages: frames 2+2+1, 2+2+2
+    frames = frames_of(body_of(snap))
+    assert [zstandard.frame_content_size(f) // PAGE_SIZE for f in frames] == [2, 2, 1, 2, 2, 2]
+    assert all(zstandard.get_frame_parameters(f).has_checksum for f in frames)
+    assert b"".join(zstandard.ZstdDecompressor().decompress(f) for f in frames) == b"".join(MANY)
+    assert value == checksum_of(MANY)
+
+
+def test_snapshot_reads_ending_exactly_at_a_frame_boundary():
+    with mock.patch.object(segment, "SNAPSHOT_FRAME", 2 * PAGE_SIZE):
+        snap, value = make_snapshot(MANY, [3, 4, 9])
+    ends = list(itertools.accumulate(len(f) for f in frames_of(body_of(snap))))
+    for read_chunk in {ends[0], ends[1] - ends[0], ends[1], ends[2] // 2}:
+        with mock.patch.object(segment, "SNAPSHOT_CHUNK", read_chunk):
+            _, got, trailer = read_snapshot(snap)
+        assert got == b"".join(MANY)
+        assert trailer.db_checksum == value
+
+
+def test_an_empty_image_is_one_empty_frame():
+    snap, value = make_snapshot([])
+    assert len(frames_of(body_of(snap))) == 1
+    _, got, trailer = read_snapshot(snap)
+    assert got == b"" and trailer.db_checksum == value == 0
+
+
+def test_a_body_ending_inside_a_frame_is_corrupt():
+    snap, _ = make_snapshot(IMAGE)
+    body = body_of(snap)[:-3]  # a valid hash of a frame without its end
+    forged = (snap[:HEADER_SIZE] + body
+              + segment._TRAILER.pack(len(body), xxhash.xxh64_intdigest(body), 0, segment.TRAILER_MAGIC))
+    with pytest.raises(CorruptObject):
+        read_snapshot(forged)
+
+
+def test_snapshot_to_a_file_is_written_back_as_it_goes(tmp_path):
+    """Into a real file, fdatasync runs on its own descriptor as the body grows; the bytes
+    are those written to memory, and no descriptor is left open."""
+    fds_before = len(os.listdir("/proc/self/fd"))
+    synced = []
+    real = os.fdatasync
+
+    def fdatasync(fd):
+        synced.append(fd)
+        real(fd)
+
+    path = tmp_path / "s.snap"
+    with mock.patch.object(segment, "SNAPSHOT_FRAME", 2 * PAGE_SIZE), \
+            mock.patch.object(segment, "SNAPSHOT_WRITEBACK_BYTES", 1), \
+            mock.patch.object(segment.os, "fdatasync", fdatasync):
+        with open(path, "wb") as out:
+            w = SnapshotWriter(out, GEN, PAGE_SIZE, 7, 123_456_789, len(MANY))
+            for i in range(0, len(MANY), 3):
+                w.write_pages(b"".join(MANY[i:i + 3]))
+            w.finish()
+        expected, _ = make_snapshot(MANY, list(range(3, len(MANY), 3)))
+    assert synced and path.read_bytes() == expected
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+
+
+def test_the_writer_waits_for_frames_in_body_order():
+    """Frames finishing out of order are still written in page order."""
+    real = segment._compress_frame
+    delays = iter([0.05, 0.0, 0.03, 0.0, 0.0, 0.01] * 2)
+
+    def slow(data):
+        time.sleep(next(delays))
+        return real(data)
+
+    with mock.patch.object(segment, "SNAPSHOT_FRAME", 2 * PAGE_SIZE), \
+            mock.patch.object(segment, "_compress_frame", slow):
+        snap, value = make_snapshot(MANY, [4, 8])
+    _, got, trailer = read_snapshot(snap)
+    assert got == b"".join(MANY) and trailer.db_checksum == value == checksum_of(MANY)
