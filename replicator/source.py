@@ -340,8 +340,14 @@ class Source:
             k = 0
             for first in range(1, n_pages + 1, IMAGE_CHUNK_PAGES):
                 count = min(IMAGE_CHUNK_PAGES, n_pages - first + 1)
-                buf = bytearray(os.pread(self._db_fd, count * ps, (first - 1) * ps))
-                buf.extend(bytes(count * ps - len(buf)))  # pages that live only in the WAL
+                # Read straight into the chunk's buffer (pread's bytes plus a bytearray copy of
+                # them cost a second pass over every page); past the file's end (pages that
+                # live only in the WAL) it stays zeros until the overlay fills it.
+                buf = bytearray(count * ps)
+                view, off = memoryview(buf), (first - 1) * ps
+                while view and (n := os.preadv(self._db_fd, [view], off)):
+                    view, off = view[n:], off + n
+                del view
                 while k < len(overlay) and overlay[k][0] < first + count:
                     pgno, frame = overlay[k]
                     if pgno >= first:

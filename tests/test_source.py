@@ -211,3 +211,44 @@ def test_image_is_the_database_as_of_mxframe(db, tmp_path):
             conn.close()
     finally:
         src.close()
+
+
+def test_image_chunks_read_the_file_and_overlay_the_wal_across_chunk_boundaries(db, tmp_path, monkeypatch):
+    """Chunks of a few pages: pages from the file, pages replaced by WAL frames, and pages
+    past the file's end (only in the WAL) all land in the right place of the right chunk."""
+    path, app = db
+    for i in range(40):
+        app.execute("INSERT INTO t(v) VALUES (?)", (bytes([i]) * 1500,))
+    app.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # these pages now live in the file
+    file_pages = path.stat().st_size // 4096
+    src = _started(path)
+    try:
+        app.execute("UPDATE t SET v = ? WHERE id % 3 = 0", (b"\xee" * 1500,))  # frames over file pages
+        for i in range(40):
+            app.execute("INSERT INTO t(v) VALUES (?)", (bytes([100 + i]) * 2500,))  # past the file's end
+        with src.fence():
+            src.copy()
+            src.advance_read()
+            hdr = src.index_header()
+        n_pages, chunks = src.image(hdr)
+        whole = b"".join(chunk for _, chunk in chunks)
+        assert n_pages > file_pages
+        monkeypatch.setattr("replicator.source.IMAGE_CHUNK_PAGES", 3)
+        n_small, small = src.image(hdr)
+        parts = list(small)
+        assert n_small == n_pages
+        assert [first for first, _ in parts] == list(range(1, n_pages + 1, 3))
+        assert all(len(chunk) == 3 * src.page_size for _, chunk in parts[:-1])
+        assert b"".join(chunk for _, chunk in parts) == whole
+        copy = tmp_path / "image.db"
+        copy.write_bytes(whole)
+        conn = apsw.Connection(f"file:{copy}?immutable=1", flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+        try:
+            assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+            assert conn.execute("SELECT count(*), sum(v = ?) FROM t", (b"\xee" * 1500,)).fetchall() == [(80, 13)]
+            want = app.execute("SELECT group_concat(hex(v)) FROM t").fetchall()
+            assert conn.execute("SELECT group_concat(hex(v)) FROM t").fetchall() == want
+        finally:
+            conn.close()
+    finally:
+        src.close()
