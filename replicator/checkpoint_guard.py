@@ -22,7 +22,14 @@ import errno
 import fcntl
 import os
 
-# os_unix.c: UNIX_SHM_BASE = (22 + SQLITE_SHM_NLOCK) * 4 = 120; wal.c: WAL_CKPT_LOCK = 1.
+try:
+    from . import _shmlock
+except ImportError:  # built by `pip install` where a C compiler is present
+    _shmlock = None
+
+# os_unix.c: UNIX_SHM_BASE = (22 + SQLITE_SHM_NLOCK) * 4 = 120; wal.c: WAL_WRITE_LOCK = 0,
+# WAL_CKPT_LOCK = 1.
+WRITE_LOCK_BYTE = 120
 CKPT_LOCK_BYTE = 121
 
 
@@ -41,6 +48,21 @@ class CheckpointGuard:
                 return False
             raise
         return True
+
+    def wait_write_lock(self, timeout_s: float) -> bool | None:
+        """Take SQLite's WAL write lock for this process as soon as the writer lets go of it
+        (None: not possible here, use BEGIN IMMEDIATE's busy handler alone).
+
+        The caller's connection then begins its write transaction at once (the process
+        holds the byte), and SQLite's unlock at its end releases ours too. Should that
+        connection fail to begin, release_write_lock() must be called.
+        """
+        if self._fd < 0 or _shmlock is None:
+            return None
+        return _shmlock.wait_write_lock(self._fd, WRITE_LOCK_BYTE, timeout_s)
+
+    def release_write_lock(self) -> None:
+        fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, WRITE_LOCK_BYTE, os.SEEK_SET)
 
     def close(self) -> None:
         """Only after SQLite's connections are closed: see source.py on closing descriptors."""

@@ -49,6 +49,11 @@ BUSY_BATCH_INTERVAL_S = 0.020
 # (a flat-out writer keeps it at a few hundred frames: rounds past that only grow the WAL).
 CHECKPOINT_TAIL_FRAMES = 128
 MAX_BACKFILL_ROUNDS = 6
+# Phase (c) backfills at most this many frames inside its fence (~8 ms here); a longer tail
+# (the writer got far while the fence was being taken) means another unfenced round, up to
+# MAX_FENCE_RETRIES times per checkpoint, after which (c) backfills whatever is there.
+FENCE_TAIL_FRAMES = 1024
+MAX_FENCE_RETRIES = 3
 # Without the checkpointer lock (an application checkpoint holds it), wait for this many times
 # min-checkpoint-page-count before checkpointing anyway.
 UNGUARDED_CHECKPOINT_FACTOR = 4
@@ -83,9 +88,10 @@ class DbReplicator:
         self._prune_lock = threading.Lock()
         self._unwatch: Callable[[], None] = lambda: None
         self._backfill: threading.Thread | None = None
-        self._backfill_rounds = 0
-        self._backfill_tail = 0
-        self._backfill_done = False
+        self._backfill_error: ContinuityLost | None = None
+        # Held while copying, spooling, and moving the read mark: the worker and the
+        # checkpoint thread both do these.
+        self._tail_lock = threading.Lock()
         self._batch_bytes = 0  # WAL bytes copied since the loop last looked (for the window)
 
     # -- lifecycle -------------------------------------------------------------------
@@ -141,10 +147,7 @@ class DbReplicator:
                 self.wake.wait(self.cfg.monitor_interval_s)
                 # Coalesce: a busy writer wakes us per WAL write; one batch per few ms keeps the
                 # per-batch cost (encode, spool, upload) from scaling with the commit rate.
-                # Not after a backfill round: the writer lengthens the tail phase (c) fences.
-                if not self._backfill_done:
-                    self.stopping.wait(max(0.0, last + window - time.monotonic()))
-                self._backfill_done = False
+                self.stopping.wait(max(0.0, last + window - time.monotonic()))
                 self.wake.clear()
                 if self.stopping.is_set():
                     break
@@ -276,18 +279,10 @@ class DbReplicator:
         idle_s = (now - self.last_write_ns) / 1e9
         if self._backfill is not None:
             if self._backfill.is_alive():
-                return  # no fence while W backfills: snapshots and checkpoints wait
-            self._backfill.join()
-            self._backfill = None
-            self._backfill_rounds += 1
-            tail, before = self.source.backfill_tail(), self._backfill_tail
-            self._backfill_tail = tail
-            if tail > CHECKPOINT_TAIL_FRAMES and tail < before // 2 and \
-                    self._backfill_rounds < MAX_BACKFILL_ROUNDS:
-                self._start_backfill()  # the writer kept the tail long: another unfenced round
-                return
-            self.source.checkpoint_finish(self._spool_batch)
-            self.spool.sync()
+                return  # no fence while a checkpoint runs: snapshots and checkpoints wait
+            err = self._finish_backfill()
+            if err is not None:
+                raise err
             return
         # Counted from the WAL's unbackfilled frames, not from our position in it: after a
         # checkpoint of an idle database the WAL restarts only with the next write, and our
@@ -299,7 +294,6 @@ class DbReplicator:
         due = unbackfilled >= self.cfg.min_checkpoint_page_count or (
             unbackfilled > 0 and idle_s >= self.cfg.checkpoint_interval_s)
         if due and (guarded or unbackfilled >= UNGUARDED_CHECKPOINT_FACTOR * self.cfg.min_checkpoint_page_count):
-            self._backfill_rounds, self._backfill_tail = 0, 1 << 62
             self._start_backfill()
             return
         interval = min(r.snapshot_interval_s for r in self.cfg.replicas)
@@ -323,38 +317,65 @@ class DbReplicator:
             idle_s >= HISTORY_SNAPSHOT_QUIET_S or self.history_bytes >= HISTORY_SNAPSHOT_FORCE * threshold)
 
     def _start_backfill(self) -> None:
-        """Checkpoint phases (a) then (b): move the read mark up, backfill on a thread."""
-        self.source.checkpoint_start(self._spool_batch)
+        """Checkpoint phase (a) here, then the rest of the checkpoint on a thread."""
+        with self._tail_lock:
+            self.source.checkpoint_start(self._spool_batch)
         self._backfill = threading.Thread(target=self._run_backfill, name="backfill", daemon=True)
         self._backfill.start()
 
     def _run_backfill(self) -> None:
-        """Checkpoint phase (b) off the worker thread, so copying goes on meanwhile."""
+        """Phases (b), more (a)+(b) rounds while they shorten the tail, then (c), back to
+        back on this thread while the worker goes on copying (both under `_tail_lock`).
+
+        Back to back matters: each millisecond between the end of a backfill and the fence
+        of (c) lets a flat-out writer add ~20 frames that (c) must backfill with the writer
+        stopped; handing (c) to the worker cost 10-25 ms of such gap (its batch window).
+        """
         try:
-            # Phase (c) may let the WAL restart: what was spooled must be durable by then, but
-            # for the transactions copied during the last round (synced right after (c)):
-            # syncing here rather than just before (c) keeps the fsyncs out of the gap in
-            # which the writer lengthens the tail.
-            self.spool.sync()
-            self.source.checkpoint_backfill()  # BUSY (the application checkpoints): next round
+            rounds, before, retries = 0, 1 << 62, 0
+            while not self.stopping.is_set():
+                # (c) may let the WAL restart: what was spooled must be durable by then, but
+                # for what (c) itself copies (synced right after it). Syncing here rather
+                # than just before (c) keeps the fsyncs out of the gap before the fence.
+                self.spool.sync()
+                self.source.checkpoint_backfill()  # BUSY (the application checkpoints): go on
+                rounds += 1
+                tail = self.source.backfill_tail()
+                if not (tail > CHECKPOINT_TAIL_FRAMES and tail < before // 2 and rounds < MAX_BACKFILL_ROUNDS):
+                    self.source.sync_wal()  # most of what (c) would fsync, before its fence
+                    limit = FENCE_TAIL_FRAMES if retries < MAX_FENCE_RETRIES else None
+                    with self._tail_lock:
+                        done = self.source.checkpoint_finish(self._spool_batch, max_tail=limit)
+                    if done:
+                        self.spool.sync()
+                        return
+                    retries += 1  # the writer got far while the fence was taken
+                before = tail
+                with self._tail_lock:
+                    self.source.checkpoint_start(self._spool_batch)
+        except ContinuityLost as err:
+            self._backfill_error = err  # the worker starts a new generation
         except Exception as err:  # an I/O error here must not kill the tail; retried next time
             log.warning("%s: checkpoint failed: %s", self.cfg.path, err)
         finally:
-            self._backfill_done = True
-            self.wake.set()
+            self.wake.set()  # the worker joins this thread at its next step
 
-    def _finish_backfill(self) -> None:
+    def _finish_backfill(self) -> ContinuityLost | None:
+        """Wait for the checkpoint thread; returns the continuity loss it ran into, if any."""
         if self._backfill is not None:
             self._backfill.join()
             self._backfill = None
+        err, self._backfill_error = self._backfill_error, None
+        return err
 
     def _copy_and_spool(self) -> int:
         """Copy and spool in pieces of COPY_CHUNK_BYTES: a backlog (after a snapshot of a
         large database, say) is never held in memory at once."""
         n = 0
         while True:
-            copied = self.source.copy(max_bytes=COPY_CHUNK_BYTES)
-            self._spool_batch(copied)
+            with self._tail_lock:
+                copied = self.source.copy(max_bytes=COPY_CHUNK_BYTES)
+                self._spool_batch(copied)
             n += copied.n_tx
             if self.source.caught_up:
                 return n

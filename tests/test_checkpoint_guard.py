@@ -6,8 +6,10 @@ import subprocess
 import sys
 
 import apsw
+import pytest
 
 from replicator.checkpoint_guard import CheckpointGuard
+from replicator.errors import SourceError
 
 _OTHER_PROCESS_CHECKPOINT = """
 import apsw, sys
@@ -72,3 +74,52 @@ def test_acquire_fails_while_another_process_checkpoints(tmp_path):
             holder.kill()
             conn.close()
             guard.close()
+
+
+_OTHER_PROCESS_WRITER = """
+import apsw, sys
+conn = apsw.Connection(sys.argv[1])
+conn.execute("BEGIN IMMEDIATE")
+conn.execute("INSERT INTO t VALUES (3)")
+print("writing", flush=True)
+sys.stdin.readline()
+conn.execute("COMMIT")
+print("committed", flush=True)
+sys.stdin.readline()
+conn.set_busy_timeout(0)
+try:
+    conn.execute("INSERT INTO t VALUES (4)")
+    print("wrote")
+except apsw.BusyError:
+    print("busy")
+"""
+
+
+def test_the_fence_waits_for_another_process_to_commit_and_releases_the_lock_after(tmp_path):
+    """The write lock is waited for outside SQLite (no GIL), taken the moment the other
+    process commits, and goes with SQLite's own unlock when the fence ends."""
+    from replicator.source import Source
+
+    path, conn = _db(tmp_path)
+    conn.close()
+    src = Source(path, busy_timeout_s=0.2)
+    src.open()
+    writer = subprocess.Popen([sys.executable, "-c", _OTHER_PROCESS_WRITER, path], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    with writer:
+        try:
+            assert writer.stdout.readline().strip() == "writing"
+            with pytest.raises(SourceError, match="could not take the write lock"):
+                with src.fence():
+                    pass
+            writer.stdin.write("\n")
+            writer.stdin.flush()
+            assert writer.stdout.readline().strip() == "committed"
+            with src.fence():
+                assert src.index_header().mx_frame >= 1  # the other process's commit is there
+            writer.stdin.write("\n")
+            writer.stdin.flush()
+            assert writer.stdout.readline().strip() == "wrote"  # the lock went with the fence
+        finally:
+            writer.kill()
+            src.close()
