@@ -53,6 +53,17 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float = 6
     return proc.returncode
 
 
+def end_run(run_dir: Path, running: list[subprocess.Popen | None], s3_configs: bool = True) -> None:
+    """After one measured run: kill what it left running, and delete its YAML configs when
+    they hold (throwaway) S3 credentials."""
+    for p in running:
+        if p is not None and p.poll() is None:
+            stop(p, 9, 10)
+    if s3_configs:
+        for cfg in run_dir.glob("*.yml"):
+            cfg.unlink()
+
+
 def kill_group(pgid: int, members: list[subprocess.Popen]) -> None:
     """SIGKILL a whole process group of ours in one call (all members die together)."""
     with contextlib.suppress(ProcessLookupError):

@@ -85,11 +85,7 @@ def one_run(ctx: Context, server, tool, rnd: int) -> dict:
         res["error"] = f"{type(err).__name__}: {err}"
         return res
     finally:
-        for p in (writer, proc):
-            if p is not None and p.poll() is None:
-                procs.stop(p, 9, 10)
-        for cfg in d.glob("*.yml"):  # they hold the (throwaway) S3 credentials
-            cfg.unlink()
+        procs.end_run(d, [writer, proc])
 
 
 def settle(server, pid: int) -> tuple[float, bool]:

@@ -94,9 +94,4 @@ def one_run(ctx: Context, tool, rate: float, hold_s: float, seed: int, replica_f
         res["error"] = f"{type(err).__name__}: {err}"
         return res
     finally:
-        for p in (writer, proc):
-            if p is not None and p.poll() is None:
-                procs.stop(p, 9, 10)
-        if isinstance(replica, S3Target):
-            for cfg in d.glob("*.yml"):  # they hold the (throwaway) S3 credentials
-                cfg.unlink()
+        procs.end_run(d, [writer, proc], s3_configs=isinstance(replica, S3Target))
