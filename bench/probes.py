@@ -2,12 +2,15 @@
 
     python -m bench.probes threads [--rate R] [--seconds S]   CPU per replicator thread
     python -m bench.probes fences  [--rate R] [--seconds S]   how long each write fence is held
+    python -m bench.probes perf    [--rate R] [--seconds S]   where the CPU goes, native code included
 
 Both run `replicator replicate` on a fresh database with the benchmark's writer attached.
 `threads` reads utime+stime of every thread from /proc and names them with `py-spy dump`.
 `fences` starts the replicator through a wrapper that times `Source.fence` (the write lock the
 replicator takes, during which the application cannot commit) and logs those held > 5 ms, with
-the phase (checkpoint_start/finish, snapshot) they belong to. Neither changes replicator/.
+the phase (checkpoint_start/finish, snapshot) they belong to. `perf` samples the replicator
+with `perf record` (Linux perf, if installed) and prints the shares of the kernel, the Python
+interpreter, zstd, xxhash and our C scanner, then the top symbols. None changes replicator/.
 """
 
 from __future__ import annotations
@@ -71,10 +74,12 @@ def _per_thread(pid: int) -> dict[int, float]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.probes")
-    p.add_argument("probe", choices=["threads", "fences"])
+    p.add_argument("probe", choices=["threads", "fences", "perf"])
     p.add_argument("--rate", type=float, default=0, help="writer tx/s (0 = flat out)")
     p.add_argument("--seconds", type=float, default=12)
     a = p.parse_args(argv)
+    if a.probe == "perf" and shutil.which("perf") is None:
+        sys.exit("the perf probe needs Linux perf (`perf` on PATH)")
     d = WORK / f"probe-{a.probe}"
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
@@ -89,8 +94,12 @@ def main(argv: list[str] | None = None) -> None:
     else:
         args = [str(exe), "replicate", str(db), f"file://{d / 'replica'}"]
     tool = procs.spawn(args, d / "tool.log")
+    perf = None
     try:
         time.sleep(2)
+        if a.probe == "perf":
+            perf = subprocess.Popen(["perf", "record", "-F", "999", "-g", "-p", str(tool.pid), "-o",
+                                     str(d / "perf.data")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         before = _per_thread(tool.pid)
         cpu0 = procs.cpu_seconds(tool.pid)
         w = procs.spawn([sys.executable, "-m", "bench.workload", "writer", str(db), "--rate", str(a.rate),
@@ -98,6 +107,9 @@ def main(argv: list[str] | None = None) -> None:
         w.wait()
         procs._started.remove(w)
         time.sleep(2)
+        if perf is not None:
+            perf.send_signal(2)
+            perf.wait(60)
         after = _per_thread(tool.pid)
         cpu = procs.cpu_seconds(tool.pid) - cpu0
         dump = subprocess.run([str(Path(sys.executable).parent / "py-spy"), "dump", "--pid", str(tool.pid)],
@@ -116,6 +128,14 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {after[tid] - before.get(tid, 0):6.2f} s  {names.get(tid, tid)}")
         print(f"  (threads that ended during the run, e.g. checkpoint backfills: "
               f"{cpu - sum(after[t] - before.get(t, 0) for t in after):.2f} s)")
+    elif a.probe == "perf":
+        for sort, top in (("dso", 8), ("sym", 25)):
+            out = subprocess.run(["perf", "report", "-i", str(d / "perf.data"), "--no-children", "--sort", sort,
+                                  "--stdio", "-g", "none"], capture_output=True, text=True).stdout
+            rows = [line for line in out.splitlines() if line.strip() and not line.startswith("#")]
+            print(f"  by {sort}:")
+            for line in rows[:top]:
+                print("   " + line.strip())
     else:
         log = d / "fences.log"
         rows = [line.split() for line in log.read_text().splitlines()] if log.exists() else []
