@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import mmap
 import os
+import threading
 import time
 from typing import Callable, Iterator
 
@@ -85,14 +86,18 @@ class Source:
         self.pos: Position | None = None
         self.checksum: DbChecksum | None = None  # of the database after pos.txid: copy() updates it
         self._last_time_ns = 0
+        self._clock_lock = threading.Lock()
         self._read_buf = bytearray()
         self._reading = False
         self.caught_up = True  # after copy(): nothing committed was left unread
 
     def now(self) -> int:
-        """Wall-clock ns, never going backwards (commit times must be monotonic for restore)."""
-        self._last_time_ns = max(self._last_time_ns + 1, self.clock_ns())
-        return self._last_time_ns
+        """Wall-clock ns, never going backwards (commit times must be monotonic for restore).
+        Locked: the worker and the checkpoint thread both ask, and a lost update could let a
+        later commit carry an earlier time."""
+        with self._clock_lock:
+            self._last_time_ns = max(self._last_time_ns + 1, self.clock_ns())
+            return self._last_time_ns
 
     # -- lifecycle -------------------------------------------------------------------
 
