@@ -317,9 +317,12 @@ class Source:
     def _pread_wal(self, size: int, offset: int) -> memoryview:
         """Read into one reused buffer: a fresh 16 MiB per read cost as much in page faults
         as the read itself (scan copies what it keeps into the records)."""
-        if len(self._read_buf) < size:
-            self._read_buf = bytearray(size)
-        view = memoryview(self._read_buf)[:size]
+        buf = self._read_buf
+        if len(buf) < size:
+            buf = bytearray(size)
+            if size <= MAX_READ_BYTES:  # one huge transaction's read is not kept for good
+                self._read_buf = buf
+        view = memoryview(buf)[:size]
         return view[:os.preadv(self._wal_fd, [view], offset)]
 
     def _scan(self, data: memoryview, n: int, start: int) -> Scanned:
