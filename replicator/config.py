@@ -29,8 +29,9 @@ MIN_CHECKPOINT_PAGES = 1000  # ~4 MB of WAL at 4 KiB pages: SQLite's own autoche
 MAX_CHECKPOINT_PAGES = 200_000  # ~800 MB: past this an emergency TRUNCATE keeps the disk safe
 DEFAULT_BUSY_TIMEOUT_S = 5.0
 DEFAULT_CHECKPOINT_INTERVAL_S = 60.0  # idle checkpoint so a quiet WAL does not linger
-# A snapshot once the WAL copied since the last one reaches this many times the database's
-# size: a restore replays at most that much, whatever the history (0 turns it off).
+# A snapshot once the compressed segments since the newest one reach this many times its
+# size (and at least 1 GiB): a restore reads at most about that much of segments, whatever
+# the history (0 turns it off).
 DEFAULT_SNAPSHOT_HISTORY_RATIO = 1.0
 
 

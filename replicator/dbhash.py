@@ -59,26 +59,6 @@ class DbChecksum:
         self.hashes.extend(new)
         self.value = functools.reduce(operator.xor, new, self.value)
 
-    def commit(self, pages: dict[int, bytes | memoryview], n_pages: int) -> int:
-        """Apply one transaction (its pages, then its database size); returns the new value.
-
-        The copy loop's per-commit step, kept in one call with local names: it runs for
-        every transaction the application commits.
-        """
-        hashes = self.hashes
-        if n_pages > len(hashes):
-            self._extend_to(n_pages)
-        value = self.value
-        for pgno, page in pages.items():
-            if pgno <= n_pages:
-                h = _hash(page, seed=pgno)
-                value ^= hashes[pgno - 1] ^ h
-                hashes[pgno - 1] = h
-        self.value = value
-        if n_pages < len(hashes):
-            self.resize(n_pages)
-        return self.value
-
     def resize(self, n_pages: int) -> None:
         """Apply a commit's database size: drop pages past it, zero-fill up to it."""
         if n_pages < len(self.hashes):

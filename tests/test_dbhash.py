@@ -57,25 +57,6 @@ def test_incremental_equals_from_scratch(ops):
         assert ck.value == model.checksum()
 
 
-commits = st.tuples(st.dictionaries(st.integers(1, MAX_PGNO), pages(), max_size=4), st.integers(0, MAX_PGNO))
-
-
-@settings(max_examples=60, deadline=None)
-@given(st.lists(commits, max_size=12))
-def test_commit_is_the_pages_at_or_below_the_size_then_the_resize(txs):
-    """What a WAL commit does to the file: pages past the commit's size never land."""
-    ck, model = DbChecksum(PAGE_SIZE), Model()
-    for pages_, size in txs:
-        value = ck.commit(pages_, size)
-        model.resize(max(size, model.n_pages))
-        for pgno, page in pages_.items():
-            if pgno <= size:
-                model.write(pgno, page)
-        model.resize(size)
-        assert value == ck.value == model.checksum()
-        assert ck.n_pages == size
-
-
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.lists(pages(), min_size=1, max_size=3), max_size=4))
 def test_append_pages_equals_page_by_page_updates(chunks):
