@@ -252,18 +252,14 @@ def _compress_frame(data: memoryview) -> bytes:
     return cctx.compress(data)
 
 
-def _datasync(fd: int) -> None:
-    try:
-        getattr(os, "fdatasync", os.fsync)(fd)
-    except OSError:
-        pass  # only an early start: the owner's final fsync reports real errors
-    finally:
-        os.close(fd)
-
-
 class _Writeback:
     """Starts writing a file to disk while it is still being produced (see
-    SNAPSHOT_WRITEBACK_BYTES); the owner's final fsync is what makes it durable."""
+    SNAPSHOT_WRITEBACK_BYTES); the owner's final fsync is what makes it durable.
+
+    An error of these early syncs is raised from join(): the descriptor is a dup of the
+    owner's, sharing its open file, and Linux reports a writeback error once per open file,
+    so the owner's final fsync would not see it again.
+    """
 
     def __init__(self, out: BinaryIO):
         try:
@@ -272,6 +268,15 @@ class _Writeback:
             self._fd = -1
         self._pending = 0
         self._thread: threading.Thread | None = None
+        self._error: OSError | None = None
+
+    def _datasync(self, fd: int) -> None:
+        try:
+            getattr(os, "fdatasync", os.fsync)(fd)
+        except OSError as err:
+            self._error = err
+        finally:
+            os.close(fd)
 
     def wrote(self, n: int) -> None:
         if self._fd < 0:
@@ -280,14 +285,20 @@ class _Writeback:
         if self._pending < SNAPSHOT_WRITEBACK_BYTES or (self._thread is not None and self._thread.is_alive()):
             return
         self._pending = 0
+        if self._error is not None:
+            return
         fd = os.dup(self._fd)  # its own descriptor: the owner may close the file meanwhile
-        self._thread = threading.Thread(target=_datasync, args=(fd,), name="snapshot-writeback", daemon=True)
+        self._thread = threading.Thread(target=self._datasync, args=(fd,), name="snapshot-writeback",
+                                        daemon=True)
         self._thread.start()
 
     def join(self) -> None:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
 
 
 class SnapshotWriter:

@@ -92,21 +92,31 @@ class FileStorage:
 
     def _write_tmp_once(self, path: str, data: bytes | BinaryIO) -> str:
         tmp = self._tmp_name(path)
-        with open(tmp, "wb") as out:
-            if isinstance(data, (bytes, bytearray, memoryview)):
-                out.write(data)
-            else:
-                shutil.copyfileobj(data, out, _COPY_CHUNK)
-            out.flush()
-            if self.durable:
-                os.fsync(out.fileno())
+        try:
+            with open(tmp, "wb") as out:
+                if isinstance(data, (bytes, bytearray, memoryview)):
+                    out.write(data)
+                else:
+                    shutil.copyfileobj(data, out, _COPY_CHUNK)
+                out.flush()
+                if self.durable:
+                    os.fsync(out.fileno())
+        except BaseException:
+            with contextlib.suppress(OSError):  # a full disk must not keep the partial copy
+                os.unlink(tmp)
+            raise
         return tmp
 
     def put(self, key: str, data: bytes | BinaryIO) -> None:
         path = self._spath(key)
         try:
             tmp = self._link_tmp(path, data) or self._write_tmp(path, data)
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
             if self.durable:
                 fsync_dir(os.path.dirname(path))
             else:
@@ -136,9 +146,35 @@ class FileStorage:
             return None  # no hard links here (other filesystem, permissions): copy instead
 
     def sync(self) -> None:
-        """Make every object written since the last sync durable (files, then directories)."""
+        """Make every object written since the last sync durable (files, then directories).
+
+        On failure every path taken stays pending (none is forgotten, so a later sync cannot
+        "succeed" over it), and the error is raised: after a failed fsync the kernel may
+        have dropped the data, so the caller must treat these objects as lost and write
+        them again (PostgreSQL's fsync lesson), not merely retry the fsync.
+        """
         with self._unsynced_lock:
             paths, self._unsynced = self._unsynced, set()
+        try:
+            self._fsync_paths(paths)
+        except OSError as err:
+            with self._unsynced_lock:
+                self._unsynced |= paths
+            raise _translate(err, f"{self.url} (sync)") from None
+
+    def sync_all(self) -> None:
+        """fsync every object and directory under the root (after a restart, when which
+        were synced is not known)."""
+        paths = {self._spath(o.key) for o in self.list()}
+        try:
+            self._fsync_paths(paths)
+        except OSError as err:
+            raise _translate(err, f"{self.url} (sync)") from None
+        with self._unsynced_lock:
+            self._unsynced -= paths
+
+    @staticmethod
+    def _fsync_paths(paths: set[str]) -> None:
         for path in paths:
             try:
                 fd = os.open(path, os.O_RDONLY)
@@ -149,7 +185,10 @@ class FileStorage:
             finally:
                 os.close(fd)
         for parent in {os.path.dirname(p) for p in paths}:
-            fsync_dir(parent)
+            try:
+                fsync_dir(parent)
+            except FileNotFoundError:
+                continue
 
     @contextlib.contextmanager
     def writer(self, key: str) -> Iterator[BinaryIO]:
