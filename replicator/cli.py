@@ -102,16 +102,18 @@ def _resolve_replica(target: str, config_path: str | None, replica_name: str | N
                       "names: " + ", ".join(r.name for r in db.replicas))
 
 
-def _run_daemon(config: Config) -> None:
+def _run_daemon(config: Config, supervised: bool) -> None:
     from .daemon import Daemon
 
+    for i, db in enumerate(config.dbs):
+        if not Path(db.path).parent.is_dir():
+            raise ConfigError(f"{config.source or 'config'}: dbs[{i}].path: directory {Path(db.path).parent} "
+                              "does not exist")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    daemon = Daemon(config)
+    daemon = Daemon(config, supervised=supervised)
     daemon.start()
-    for db in config.dbs:
-        log.info("replicating %s to %s", db.path, ", ".join(r.url for r in db.replicas))
     daemon.wait(stop)
     log.info("stopping: shipping everything committed so far")
     ok = daemon.shutdown()
@@ -128,7 +130,7 @@ def _run_daemon(config: Config) -> None:
 @handle_errors
 def run(config_path: str) -> None:
     """Replicate every database in the config until SIGTERM/SIGINT."""
-    _run_daemon(config_mod.load(config_path))
+    _run_daemon(config_mod.load(config_path), supervised=True)
 
 
 @cli.command()
@@ -137,7 +139,7 @@ def run(config_path: str) -> None:
 @handle_errors
 def replicate(db: str, urls: tuple[str, ...]) -> None:
     """Replicate DB to each replica URL (no config file needed)."""
-    _run_daemon(Config(dbs=(_adhoc_db(db, urls),)))
+    _run_daemon(Config(dbs=(_adhoc_db(db, urls),)), supervised=False)
 
 
 def _adhoc_db(db: str, urls: tuple[str, ...]) -> DbConfig:

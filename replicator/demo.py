@@ -58,7 +58,7 @@ def run_demo(directory: Path, rate: float, duration: float) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    daemon = Daemon(config)
+    daemon = Daemon(config, supervised=False)
     try:
         daemon.start()
         click.echo(f"replicating {db} -> {replica_dir} (a demo writer adds {rate:g} notes/s); Ctrl-C stops")

@@ -53,3 +53,8 @@ class SourceError(ReplicatorError):
 
 class LeaseHeld(ReplicatorError):
     """Another replicator holds the replica's single-writer lease."""
+
+
+class SpoolError(ReplicatorError):
+    """The local spool cannot be written or synced (disk full, I/O error): replication
+    pauses checkpoints (the WAL keeps every uncopied frame) and retries until it can."""

@@ -72,13 +72,14 @@ class Shipper:
     def recover(self) -> None:
         """Lease and one LIST at start: what the replica already holds.
 
-        Permanent errors (no bucket, access denied, lease held) raise: the user must act. A
-        store that is merely unreachable is left to the shipper thread, which keeps retrying
-        while the spool holds the data, so the database is protected from the first second.
+        Never raises: a replica that fails (unreachable, no bucket, access denied, lease
+        held) is left to the shipper thread, which keeps retrying with backoff and reports
+        it, while the spool holds the data, so the database is protected from the first
+        second and the other replicas are not held up.
         """
         try:
             self._recover()
-        except Transient as err:
+        except (StorageError, LeaseHeld) as err:
             self._note_failure(err)
 
     def _recover(self) -> None:

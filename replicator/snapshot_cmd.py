@@ -11,7 +11,7 @@ import time
 import uuid
 
 from .config import DbConfig
-from .daemon import DbReplicator
+from .replication import DbReplicator
 from .errors import ReplicatorError
 from .spool import Spool
 

@@ -5,9 +5,15 @@ layout, so a replica that is down loses nothing and catches up later; and (2) th
 generation, WAL position and per-page hashes, so a restarted replicator can prove
 continuity and carry on in the same generation instead of taking a new snapshot.
 
-Tail state = `state/base.bin` (a full copy) + `state/log.bin` (one record per spooled batch:
-position and the page hashes that changed). A record is appended only after its segment is
-durable in the spool, so the state never claims more than the spool holds.
+Tail state = `state/base.bin` (a full copy, always durable) + `state/log.bin` (one record
+per spooled batch: position and the page hashes that changed; written after the batch's
+objects, not fsynced). `sync()` makes the objects durable first and only then appends a
+*marker* naming how much of the log they cover, and fsyncs the log. What a restart trusts
+(`load`): in the same boot (the page cache survived: every record is readable along with the
+objects it names) the whole log; after a reboot only the records covered by the last marker,
+since the kernel may have written a log record back before the objects it names.
+Each log begins with its base's id, so a log left from before a crash during `save_base`
+is never applied to the new base.
 """
 
 from __future__ import annotations
@@ -15,22 +21,25 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import threading
 import json
 import os
+import secrets
 import struct
+import threading
 import zlib
 from array import array
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
 from .dbhash import DbChecksum
-from .source import Position
-from .storage.base import ObjectInfo
+from .errors import SpoolError
+from .storage.base import ObjectInfo, StorageError
 from .storage.file import FileStorage, fsync_dir
+from .tail import Position
 
 _LEN = struct.Struct("<II")  # payload length, crc32
 LOG_COMPACT_FACTOR = 4  # rewrite the base once the log is this many times its size
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 
 
 @dataclasses.dataclass
@@ -38,6 +47,7 @@ class TailState:
     generation: str
     pos: Position
     checksum: DbChecksum
+    db_ident: tuple[int, int] | None = None  # (st_dev, st_ino) of the database file it follows
 
 
 def spool_dir(db_path: str) -> Path:
@@ -45,22 +55,38 @@ def spool_dir(db_path: str) -> Path:
     return p.with_name(p.name + "-replicator")
 
 
+def boot_id() -> str:
+    """Changes with every boot: tells a process crash (page cache intact) from an OS crash."""
+    try:
+        return Path(BOOT_ID_PATH).read_text().strip()
+    except OSError:
+        return ""  # unknown: every restart is treated as after a reboot (the safe side)
+
+
 class Spool:
-    def __init__(self, db_path: str):
+    def __init__(self, db_path: str, boot: str | None = None):
         self.dir = spool_dir(db_path)
-        # Not fsynced per batch: copied frames stay in the WAL until our own checkpoint lets
-        # the WAL restart, and the daemon syncs the spool before each checkpoint round.
+        # Not fsynced per batch: sync() makes them durable before any frame they hold may
+        # leave the WAL (design 5a).
         self.objects = IndexedObjects(FileStorage(self.dir / "objects", url=f"spool:{self.dir}",
                                                   durable=False))
         self.state_dir = self.dir / "state"
         self.requests_dir = self.dir / "requests"
+        self.boot = boot_id() if boot is None else boot
         self._lock_fd = -1
         self._log_fd = -1
         # sync() runs on the checkpoint thread while the copy loop appends (and save_base
-        # replaces the log's descriptor): the descriptor is only used under this lock.
+        # replaces the log): the log's descriptor and these fields change only under it.
         self._log_lock = threading.Lock()
+        self._log_id = ""
         self._log_size = 0
         self._base_size = 0
+        self._durable = ("", 0)  # (log id, log bytes covered by the last successful sync)
+        # After a failed fsync the kernel may have dropped what it could not write, and a
+        # later fsync would "succeed" over the loss: no sync succeeds until save_base has
+        # restarted the state from a durable point (the spooler rolls back).
+        self._poisoned = False
+        self._sync_lock = threading.Lock()
 
     # -- single daemon per database ---------------------------------------------------
 
@@ -70,9 +96,12 @@ class Spool:
         The spool's directories are created here, not before: a database that is rejected
         (not SQLite, unreadable) leaves nothing behind.
         """
-        for d in (self.dir, self.state_dir, self.requests_dir, self.dir / "objects"):
-            d.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            for d in (self.dir, self.state_dir, self.requests_dir, self.dir / "objects"):
+                d.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise SpoolError(f"cannot create the spool {self.dir}: {err.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -92,7 +121,7 @@ class Spool:
                 os.close(self._log_fd)
                 self._log_fd = -1
 
-    # -- tail state -------------------------------------------------------------------
+    # -- writing the tail state --------------------------------------------------------
 
     @staticmethod
     def _frame(payload: bytes) -> bytes:
@@ -105,29 +134,39 @@ class Spool:
                 "page_size": checksum.page_size, "n_pages": checksum.n_pages,
                 "db_checksum": checksum.value}
 
-    def save_base(self, generation: str, pos: Position, checksum: DbChecksum) -> None:
-        """A full copy of the tail state; empties the log."""
-        meta = json.dumps(self._meta(generation, pos, checksum)).encode()
-        payload = self._frame(meta) + self._frame(checksum.hashes.tobytes())
+    def save_base(self, state: TailState) -> None:
+        """A full, durable copy of a tail state whose objects are durable; starts a new log."""
+        log_id = secrets.token_hex(8)
+        meta = self._meta(state.generation, state.pos, state.checksum) | {
+            "log_id": log_id, "boot": self.boot, "db_ident": list(state.db_ident) if state.db_ident else None}
+        payload = self._frame(json.dumps(meta).encode()) + self._frame(state.checksum.hashes.tobytes())
         tmp = self.state_dir / "base.bin.tmp"
-        with open(tmp, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        with self._log_lock:
-            if self._log_fd >= 0:
-                os.close(self._log_fd)
-            os.replace(tmp, self.state_dir / "base.bin")
-            self._log_fd = os.open(self.state_dir / "log.bin",
-                                   os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
-        fsync_dir(self.state_dir)
-        self._log_size, self._base_size = 0, len(payload)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(payload)
+                f.flush()
+                os.fsync(f.fileno())
+            with self._log_lock:
+                if self._log_fd >= 0:
+                    os.close(self._log_fd)
+                    self._log_fd = -1
+                os.replace(tmp, self.state_dir / "base.bin")
+                fd = os.open(self.state_dir / "log.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+                header = self._frame(self._frame(json.dumps({"log_id": log_id}).encode()))
+                os.write(fd, header)
+                os.fsync(fd)
+                self._log_fd = fd
+                self._log_id, self._log_size, self._base_size = log_id, len(header), len(payload)
+                self._durable = (log_id, len(header))
+                self._poisoned = False
+            fsync_dir(self.state_dir)
+        except OSError as err:
+            raise SpoolError(f"cannot write the tail state in {self.state_dir}: {err.strerror}") from None
 
-    def append(self, generation: str, pos: Position, checksum: DbChecksum, changed: set[int]) -> None:
-        """Record one spooled batch: new position and the hashes of the pages it changed."""
-        if self._log_fd < 0 or self._log_size > LOG_COMPACT_FACTOR * max(self._base_size, 1 << 20):
-            self.save_base(generation, pos, checksum)
-            return
+    def append(self, generation: str, pos: Position, checksum: DbChecksum, changed: set[int]) -> bool:
+        """Record one spooled batch (after its objects): new position and the hashes of the
+        pages it changed. Not durable until sync(). True when the log has grown enough that
+        the caller should compact it (sync, then save_base)."""
         meta = json.dumps(self._meta(generation, pos, checksum)).encode()
         pairs = array("Q")
         for pgno in sorted(changed):
@@ -135,60 +174,151 @@ class Spool:
                 pairs.append(pgno)
                 pairs.append(checksum.hashes[pgno - 1])
         rec = self._frame(self._frame(meta) + pairs.tobytes())
-        # No fsync: a lost record only makes a restart re-copy from the WAL or start a new
-        # generation; it can never claim more than the spool holds (written after it).
         with self._log_lock:
-            os.write(self._log_fd, rec)
-        self._log_size += len(rec)
+            if self._log_fd < 0:
+                raise SpoolError(f"{self.state_dir}: no tail state to append to (save_base first)")
+            try:
+                os.write(self._log_fd, rec)
+            except OSError as err:
+                raise SpoolError(f"cannot append to {self.state_dir / 'log.bin'}: {err.strerror}") from None
+            self._log_size += len(rec)
+            return self._log_size > LOG_COMPACT_FACTOR * max(self._base_size, 1 << 20)
 
     def sync(self) -> None:
-        """Make spooled objects and the tail state durable (before frames may leave the WAL)."""
-        self.objects.sync()
-        with self._log_lock:
-            if self._log_fd >= 0:
-                os.fsync(self._log_fd)
+        """Make the spooled objects durable, then the log records that name them.
+
+        The log's length is taken first: every record up to it was appended after its
+        objects were put, so the objects pending at that moment include all of theirs.
+        Raises SpoolError; a failure leaves nothing counted as durable that was not before
+        (the caller rolls back to durable_state() and copies again from the WAL).
+        """
+        with self._sync_lock:  # one at a time: a sync must not return while another's fsyncs run
+            if self._poisoned:
+                raise SpoolError(f"the spool {self.dir} failed to sync; it must be rolled back first")
+            with self._log_lock:
+                log_id, covered = self._log_id, self._log_size
+            try:
+                self.objects.sync()
+            except StorageError as err:
+                self._poisoned = True
+                raise SpoolError(f"cannot sync the spool {self.dir}: {err}") from None
+            with self._log_lock:
+                if self._log_id != log_id or self._log_fd < 0:
+                    return  # a save_base since: durable by itself, and it covers all of this
+                marker = self._frame(self._frame(json.dumps({"synced_to": covered}).encode()))
+                try:
+                    os.write(self._log_fd, marker)
+                    self._log_size += len(marker)
+                    os.fsync(self._log_fd)
+                except OSError as err:
+                    self._poisoned = True
+                    raise SpoolError(f"cannot sync {self.state_dir / 'log.bin'}: {err.strerror}") from None
+                self._durable = (log_id, covered)
+
+    def sync_everything(self) -> None:
+        """fsync every spooled object (a previous run's, whose syncs we did not see)."""
+        try:
+            self.objects.sync_all()
+        except StorageError as err:
+            raise SpoolError(f"cannot sync the spool {self.dir}: {err}") from None
+
+    # -- reading the tail state ----------------------------------------------------------
 
     def load(self) -> TailState | None:
-        """The last durable tail state, or None (no state, or it does not parse)."""
+        """What a restart may trust: the whole log in the same boot, else what the last
+        marker covers. None when there is no state or it does not parse."""
         try:
-            base = (self.state_dir / "base.bin").read_bytes()
+            base, log = self._read()
+        except OSError:
+            return None
+        meta = _base_meta(base)
+        if meta is None:
+            return None
+        return _replay(base, log, None if meta.get("boot") == self.boot and self.boot else "markers")
+
+    def durable_state(self) -> TailState | None:
+        """In this process: the state as of the last successful sync (or save_base)."""
+        with self._log_lock:
+            log_id, covered = self._durable
+        try:
+            base, log = self._read()
+        except OSError:
+            return None
+        meta = _base_meta(base)
+        if meta is None or meta.get("log_id") != log_id:
+            return None
+        return _replay(base, log[:covered], None)
+
+    def _read(self) -> tuple[bytes, bytes]:
+        base = (self.state_dir / "base.bin").read_bytes()
+        try:
+            log = (self.state_dir / "log.bin").read_bytes()
         except FileNotFoundError:
-            return None
-        try:
-            meta_raw, rest = _unframe(base)
-            hashes_raw, _ = _unframe(rest)
-            meta = json.loads(meta_raw)
-            ck = DbChecksum(meta["page_size"])
-            ck.hashes = array("Q", hashes_raw)
-            try:
-                log = (self.state_dir / "log.bin").read_bytes()
-            except FileNotFoundError:
-                log = b""
-            while log:
-                try:
-                    rec, log = _unframe(log)
-                except ValueError:
-                    break  # a torn final record: the batch it describes is not trusted
-                meta_raw, pairs_raw = _unframe(rec)
-                meta = json.loads(meta_raw)
-                ck.resize(meta["n_pages"])
-                pairs = array("Q", pairs_raw)
-                for i in range(0, len(pairs), 2):
-                    ck.hashes[pairs[i] - 1] = pairs[i + 1]
-            value = 0
-            for h in ck.hashes:
-                value ^= h
-            ck.value = value
-            if value != meta["db_checksum"]:
-                return None
-            pos = Position(tuple(meta["salts"]), meta["frame"], tuple(meta["frame_cksum"]), meta["txid"])
-            return TailState(meta["generation"], pos, ck)
-        except (ValueError, KeyError, TypeError):
-            return None
+            log = b""
+        return base, log
 
     def clear_state(self) -> None:
         for name in ("base.bin", "log.bin"):
             (self.state_dir / name).unlink(missing_ok=True)
+
+
+def _base_meta(base: bytes) -> dict | None:
+    try:
+        meta = json.loads(bytes(_unframe(base)[0]))
+        return meta if isinstance(meta, dict) else None
+    except ValueError:
+        return None
+
+
+def _replay(base: bytes, log: bytes, trust: str | None) -> TailState | None:
+    """Base + log records (all valid ones, or with trust="markers" only those covered by the
+    last marker); None if anything disagrees."""
+    try:
+        meta_raw, rest = _unframe(base)
+        hashes_raw, _ = _unframe(rest)
+        meta = json.loads(bytes(meta_raw))
+        ident = tuple(meta["db_ident"]) if meta.get("db_ident") else None
+        ck = DbChecksum(meta["page_size"])
+        ck.hashes = array("Q")
+        ck.hashes.frombytes(hashes_raw)
+        records: list[tuple[int, dict, memoryview]] = []  # (end offset, meta, pairs)
+        covered, offset, first = 0, 0, True
+        view = memoryview(log)
+        while offset < len(log):
+            try:
+                rec, end = _unframe_at(view, offset)
+            except ValueError:
+                break  # a torn final record: the batch it describes is not trusted
+            rec_meta_raw, pairs_raw = _unframe(rec)
+            rec_meta = json.loads(bytes(rec_meta_raw))
+            if first:
+                if rec_meta.get("log_id") != meta.get("log_id"):
+                    break  # a log from before the base was replaced: none of it applies
+                first = False
+            elif "synced_to" in rec_meta:
+                covered = int(rec_meta["synced_to"])
+            else:
+                records.append((end, rec_meta, pairs_raw))
+            offset = end
+        for end, rec_meta, pairs_raw in records:
+            if trust == "markers" and end > covered:
+                break
+            meta = rec_meta
+            ck.resize(meta["n_pages"])
+            pairs = array("Q")
+            pairs.frombytes(pairs_raw)
+            for i in range(0, len(pairs), 2):
+                ck.hashes[pairs[i] - 1] = pairs[i + 1]
+        value = 0
+        for h in ck.hashes:
+            value ^= h
+        ck.value = value
+        if value != meta["db_checksum"]:
+            return None
+        pos = Position(tuple(meta["salts"]), meta["frame"], tuple(meta["frame_cksum"]), meta["txid"])
+        return TailState(meta["generation"], pos, ck, ident)  # type: ignore[arg-type]
+    except (ValueError, KeyError, TypeError, IndexError):
+        return None
 
 
 class IndexedObjects:
@@ -247,12 +377,22 @@ class IndexedObjects:
     def sync(self) -> None:
         self.inner.sync()
 
+    def sync_all(self) -> None:
+        self.inner.sync_all()
 
-def _unframe(data: bytes) -> tuple[bytes, bytes]:
-    if len(data) < _LEN.size:
+
+def _unframe_at(data: bytes | memoryview, offset: int) -> tuple[memoryview, int]:
+    """The payload of the frame at `offset`, and the offset after it."""
+    if len(data) - offset < _LEN.size:
         raise ValueError("short record")
-    n, crc = _LEN.unpack_from(data)
-    payload = data[_LEN.size:_LEN.size + n]
+    n, crc = _LEN.unpack_from(data, offset)
+    start = offset + _LEN.size
+    payload = memoryview(data)[start:start + n]
     if len(payload) != n or zlib.crc32(payload) != crc:
         raise ValueError("torn record")
-    return payload, data[_LEN.size + n:]
+    return payload, start + n
+
+
+def _unframe(data: bytes | memoryview) -> tuple[memoryview, memoryview]:
+    payload, end = _unframe_at(data, 0)
+    return payload, memoryview(data)[end:]

@@ -98,11 +98,11 @@ except apsw.BusyError:
 def test_the_fence_waits_for_another_process_to_commit_and_releases_the_lock_after(tmp_path):
     """The write lock is waited for outside SQLite (no GIL), taken the moment the other
     process commits, and goes with SQLite's own unlock when the fence ends."""
-    from replicator.source import Source
+    from replicator.handles import DbHandles
 
     path, conn = _db(tmp_path)
     conn.close()
-    src = Source(path, busy_timeout_s=0.2)
+    src = DbHandles(path, busy_timeout_s=0.2)
     src.open()
     writer = subprocess.Popen([sys.executable, "-c", _OTHER_PROCESS_WRITER, path], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)

@@ -18,7 +18,7 @@ from replicator import __version__
 from replicator import config as config_mod
 from replicator.cli import cli
 from replicator.config import DbConfig, ReplicaConfig
-from replicator.daemon import DbReplicator
+from replicator.replication import DbReplicator
 
 EXE = Path(sys.executable).parent / "replicator"
 

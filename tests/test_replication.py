@@ -1,4 +1,4 @@
-"""daemon.py in-process: generations, resume, snapshots, the snapshot request path."""
+"""replication.py in-process: generations, resume, snapshots, the snapshot request path."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ import pytest
 
 from replicator import layout
 from replicator.config import DbConfig, ReplicaConfig
-from replicator.daemon import HISTORY_SNAPSHOT_FORCE, DbReplicator
+from replicator.checkpointer import backfill_tail
+from replicator.policy import HISTORY_SNAPSHOT_FORCE
+from replicator.replication import DbReplicator
+from replicator.tail import ContinuityLost
 from replicator.demo import content_hash
 from replicator.plan import Target
 from replicator.restore import restore
@@ -112,7 +115,9 @@ def test_replaced_database_file_starts_a_new_generation(env, tmp_path):
             if os.path.exists(str(other) + suffix):
                 os.replace(str(other) + suffix, str(db) + suffix)
         os.replace(other, db)
-        rep._step_safely()
+        with pytest.raises(ContinuityLost):
+            rep.step()
+        rep.restart_tail()
     finally:
         rep.stop()
         assert rep.join()
@@ -173,7 +178,7 @@ def test_writes_during_a_daemon_run_are_woken_by_file_events(env, tmp_path):
     from replicator.config import Config
     from replicator.daemon import Daemon
 
-    daemon = Daemon(Config(dbs=(cfg,)))
+    daemon = Daemon(Config(dbs=(cfg,)), supervised=False)
     daemon.start()
     try:
         rep = daemon.replicators[0]
@@ -181,7 +186,7 @@ def test_writes_during_a_daemon_run_are_woken_by_file_events(env, tmp_path):
         # The inotify watch is set up by watchdog's thread shortly after start(): keep
         # writing (one row per 0.2 s) until a commit made after it has been shipped.
         for i in range(50):
-            target = rep.source.pos.txid + 1
+            target = rep.tail.pos.txid + 1
             _write(conn, 1, i)
             for _ in range(4):
                 if rep.shippers[0].shipped_txid >= target:
@@ -240,8 +245,8 @@ def _steps_until_snapshot(rep, conn, limit_bytes: float, max_rows: int = 5000) -
 def test_history_past_the_ratio_takes_a_snapshot(env, tmp_path, monkeypatch):
     """A restore reads at most ~ratio x the newest snapshot of segments: then a new snapshot."""
     db, replica, conn = env
-    monkeypatch.setattr("replicator.daemon.SNAPSHOT_HISTORY_FLOOR_BYTES", 0)
-    monkeypatch.setattr("replicator.daemon.HISTORY_SNAPSHOT_QUIET_S", 0)
+    monkeypatch.setattr("replicator.policy.SNAPSHOT_HISTORY_FLOOR_BYTES", 0)
+    monkeypatch.setattr("replicator.policy.HISTORY_SNAPSHOT_QUIET_S", 0)
     cfg = DbConfig(path=str(db), replicas=(replica,), monitor_interval_s=0.05, snapshot_history_ratio=2.0)
     rep = DbReplicator(cfg)
     rep.open()
@@ -277,8 +282,8 @@ def test_history_past_the_ratio_takes_a_snapshot(env, tmp_path, monkeypatch):
 
 def test_history_snapshot_waits_for_a_pause_until_a_multiple_of_the_ratio(env, monkeypatch):
     db, replica, conn = env
-    monkeypatch.setattr("replicator.daemon.SNAPSHOT_HISTORY_FLOOR_BYTES", 0)
-    monkeypatch.setattr("replicator.daemon.HISTORY_SNAPSHOT_QUIET_S", 3600)  # never quiet here
+    monkeypatch.setattr("replicator.policy.SNAPSHOT_HISTORY_FLOOR_BYTES", 0)
+    monkeypatch.setattr("replicator.policy.HISTORY_SNAPSHOT_QUIET_S", 3600)  # never quiet here
     cfg = DbConfig(path=str(db), replicas=(replica,), monitor_interval_s=0.05, snapshot_history_ratio=1.0)
     rep = DbReplicator(cfg)
     rep.open()
@@ -300,12 +305,13 @@ def test_a_checkpointed_idle_database_is_not_checkpointed_again(env):
     rep.open()
     try:
         _write(conn, 30)
-        rep.step()  # starts the checkpoint: (a), then (b) on a thread
-        rep._backfill.join()
-        rep.step()  # (c)
-        assert rep.source.backfill_tail() == 0 and rep.source.pos.frame >= 10
+        rep.step()  # starts the checkpoint cycle on its thread
+        assert rep.checkpointer.join() is None
+        assert backfill_tail(rep.handles) == 0 and rep.tail.pos.frame >= 10
         rep.step()
-        assert rep._backfill is None
+        assert not rep.checkpointer.running()
+        rep.step()
+        assert not rep.checkpointer.running()
     finally:
         rep.stop()
         assert rep.join()
@@ -318,14 +324,14 @@ def test_checkpoints_go_ahead_without_the_lock_once_the_wal_is_long(env, monkeyp
     cfg = DbConfig(path=str(db), replicas=(replica,), monitor_interval_s=0.05, min_checkpoint_page_count=10)
     rep = DbReplicator(cfg)
     rep.open()
-    monkeypatch.setattr(rep.source, "keep_checkpoints", lambda: False)
+    monkeypatch.setattr(rep.handles, "keep_checkpoints", lambda: False)
     try:
         _write(conn, 12)
         rep.step()
-        assert rep._backfill is None  # due, but the application holds the lock: wait a little
+        assert rep.checkpointer._thread is None  # due, but the application holds the lock: wait a little
         _write(conn, 40, 12)
         rep.step()
-        assert rep._backfill is not None  # past 4x: go ahead
+        assert rep.checkpointer._thread is not None  # past 4x: go ahead
     finally:
         rep.stop()
         assert rep.join()

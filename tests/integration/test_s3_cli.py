@@ -147,12 +147,22 @@ def test_wrong_credentials_are_one_line_without_secrets(tmp_path: Path, seaweedf
     for args, env in (
         (("generations", "-c", str(config), str(db)), None),
         (("restore", "-o", str(out), url), env_for(bad)),
-        (("run", "-c", str(config)), None),  # a permanent error at start: fail fast
     ):
         line = one_error(timed(*args, env=env), *secrets)
         assert line.startswith(f"error: {url}"), line
         assert "access denied" in line, line
     assert not out.exists()
+    # The daemon does not exit over a failing replica (credentials can be fixed while the
+    # spool keeps the data): it says so on one line, keeps retrying, and stops when told.
+    log = tmp_path / "run.log"
+    rep = start_replicator(["run", "-c", str(config)], log)
+    wait_for(lambda: "access denied" in log.read_text() or rep.poll() is not None, 60, "the failure to be reported")
+    assert rep.poll() is None, log.read_text()[-3000:]
+    assert stop(rep) != 0  # stopped with data not on the replica
+    text = log.read_text()
+    assert "Traceback" not in text, text[-3000:]
+    assert len([ln for ln in text.splitlines() if "access denied" in ln]) == 1, text[-3000:]
+    assert not any(secret in text for secret in secrets), "a credential leaked into the log"
     assert bucket_objects(seaweedfs_server, good) == {}, "wrote with the wrong credentials"
 
 
@@ -168,11 +178,18 @@ def test_missing_bucket_is_named(tmp_path: Path, moto_server) -> None:
     for args, env in (
         (("generations", f"s3://{bucket}/app"), moto_server.env),
         (("restore", "-o", str(out), f"s3://{bucket}/app"), moto_server.env),
-        (("run", "-c", str(config)), None),
     ):
         line = one_error(timed(*args, env=env), opts.secret_access_key)
         assert f"s3://{bucket}/app" in line and "no such bucket" in line, line
     assert not out.exists()
+    # The daemon names the missing bucket on one line and keeps going (it may be created).
+    log = tmp_path / "run.log"
+    rep = start_replicator(["run", "-c", str(config)], log)
+    wait_for(lambda: "no such bucket" in log.read_text() or rep.poll() is not None, 60, "the missing bucket")
+    assert rep.poll() is None, log.read_text()[-3000:]
+    line = next(ln for ln in log.read_text().splitlines() if "no such bucket" in ln)
+    assert f"s3://{bucket}/app" in line and opts.secret_access_key not in log.read_text(), line
+    assert stop(rep) != 0
 
 
 @pytest.mark.parametrize("args", [

@@ -1,0 +1,145 @@
+"""The checkpoint cycle (docs/design.md 4.4), and the one way the read mark moves.
+
+(a) `move_mark`: the spare reader begins, everything up to mxFrame is copied and made
+    durable in the spool, and only then does R end its transaction and the spare take its
+    place: a read transaction is held at every instant, and none is given up over a frame
+    that is not durable.
+(b) an unfenced PASSIVE backfill from W does the bulk of the work; (a)+(b) repeat while the
+    writer leaves a long tail that keeps halving (policy.another_backfill_round).
+(c) `finish`: fence, copy the small tail, make it durable, end R, PASSIVE checkpoint from R,
+    begin R again (on mark 0): the first write after the fence restarts the WAL at frame 1.
+Everything after the first (a) runs on the checkpoint thread while the worker keeps copying.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable
+
+from . import policy, wal
+from .errors import SourceError, SpoolError
+from .handles import DbHandles
+from .spooler import Spooler
+from .tail import ContinuityLost, Position
+
+log = logging.getLogger(__name__)
+
+
+def move_mark(handles: DbHandles, spooler: Spooler, fenced: bool = False
+              ) -> tuple[wal.IndexHeader, Position, int] | None:
+    """Move R's read mark up to mxFrame, releasing nothing that is not durable.
+
+    fenced=True begins the spare inside a fence and returns (the header its view was taken
+    at, the position there, the checksum there): a snapshot reads exactly that view. The
+    unfenced form never stops the writer.
+    """
+    view = None
+    with spooler.lock:
+        if fenced:
+            with handles.fence():
+                handles.begin_spare()
+                try:
+                    spooler.copy_locked()
+                except BaseException:
+                    handles.end_spare()
+                    raise
+                hdr = handles.index_header()
+                assert spooler.tail.pos is not None and spooler.tail.checksum is not None
+                view = (hdr, spooler.tail.pos, spooler.tail.checksum.value)
+        else:
+            handles.begin_spare()
+    try:
+        if not fenced:
+            spooler.copy()  # to the spare's view at least
+        spooler.sync()
+    except BaseException:
+        with spooler.lock:
+            handles.end_spare()
+        raise
+    with spooler.lock:
+        handles.promote_spare()
+    return view
+
+
+def finish(handles: DbHandles, spooler: Spooler, max_tail: int | None) -> bool:
+    """(c): fence, copy the tail, make it durable, checkpoint from R, re-open R.
+
+    With `max_tail`, gives up (False, nothing changed) if more frames than that wait to be
+    backfilled once the fence is held: taking the fence can take a flat-out writer long
+    enough to write thousands of frames, and backfilling those inside the fence stalled the
+    writer for 100-160 ms; another unfenced round is cheaper.
+    """
+    handles.sync_wal()  # most of what the checkpoint would fsync inside the fence
+    with spooler.lock, handles.fence():
+        if max_tail is not None and backfill_tail(handles) > max_tail:
+            return False
+        spooler.copy_locked()
+        spooler.sync()  # once R ends here, the next write may restart the WAL over all of it
+        handles.end_read()
+        try:
+            handles.checkpoint_from_reader()
+        finally:
+            handles.begin_read()
+    return True
+
+
+def backfill_tail(handles: DbHandles) -> int:
+    """Frames in the WAL not yet written back to the database file."""
+    hdr = handles.index_header()
+    return hdr.mx_frame - hdr.nbackfill
+
+
+class Checkpointer:
+    """Runs one checkpoint cycle at a time on its own thread; the worker asks and joins."""
+
+    def __init__(self, handles: DbHandles, spooler: Spooler, stopping: threading.Event,
+                 on_done: Callable[[], None], name: str = "checkpoint"):
+        self.handles = handles
+        self.spooler = spooler
+        self.stopping = stopping
+        self.on_done = on_done
+        self.name = name
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def start(self) -> None:
+        assert not self.running()
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def join(self) -> BaseException | None:
+        """Wait for the cycle (if any); returns what stopped it early, if anything did."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        err, self._error = self._error, None
+        return err
+
+    def _run(self) -> None:
+        """(a), then (b) and more (a)+(b) rounds while they shorten the tail, then (c), back to
+        back: each millisecond between the end of a backfill and the fence of (c) lets a
+        flat-out writer add ~20 frames that (c) must backfill with the writer stopped."""
+        try:
+            rounds, before, retries = 0, 1 << 62, 0
+            move_mark(self.handles, self.spooler)
+            while not self.stopping.is_set():
+                self.handles.backfill()  # BUSY (the application checkpoints): go on
+                rounds += 1
+                tail = backfill_tail(self.handles)
+                if not policy.another_backfill_round(tail, before, rounds):
+                    if finish(self.handles, self.spooler, policy.fence_tail_limit(retries)):
+                        return
+                    retries += 1  # the writer got far while the fence was taken
+                before = tail
+                move_mark(self.handles, self.spooler)
+        except (ContinuityLost, SpoolError, SourceError) as err:
+            self._error = err  # the worker decides: new generation, paused, or retry
+        except Exception as err:  # noqa: BLE001 - must not kill the tail; the worker reports it
+            log.exception("%s: checkpoint failed", self.handles.path)
+            self._error = err
+        finally:
+            self.on_done()

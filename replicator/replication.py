@@ -1,0 +1,386 @@
+"""One database, replicated: taking up the tail (resume or a new generation), the worker's
+wake-ups, snapshots, and the supervision that keeps it going through failures.
+
+The pieces it orchestrates each own one invariant: handles.py the lock discipline, tail.py
+what the WAL proves, spooler.py the durability order, checkpointer.py the checkpoint cycle,
+policy.py the decisions, replica.py each replica. This module only sequences them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from . import layout, policy
+from .checkpointer import Checkpointer, backfill_tail, move_mark
+from .config import DbConfig
+from .errors import ReplicatorError, SourceError, SpoolError
+from .handles import DbHandles
+from .replica import Shipper
+from .snapshotter import write_snapshot
+from .spool import Spool, TailState
+from .spooler import Spooler
+from .storage import Storage, open_storage
+from .tail import ContinuityLost, Tail
+from .wakeup import watch_file
+
+log = logging.getLogger(__name__)
+
+DRAIN_TIMEOUT_S = 30.0  # on stop, how long to keep shipping to a replica that is slow
+RESTART_DELAY_S = (0.5, 30.0)  # backoff between attempts after an unexpected failure
+FAILURE_LOG_INTERVAL_S = 60.0
+# A new generation's first txid when some replica's history is unknown (unreachable at
+# start and no local state): at least the clock's seconds << 20, so it lies above any txid
+# an earlier generation can have reached unless that one averaged over 2^20 commits a
+# second. The shipper still refuses a generation whose txids a replica already holds.
+TXID_CLOCK_SHIFT = 20
+
+
+class DbReplicator:
+    """Tails one database into its spool and ships the spool to every replica."""
+
+    def __init__(self, cfg: DbConfig, storages: dict[str, Storage] | None = None,
+                 clock_ns: Callable[[], int] = time.time_ns):
+        self.cfg = cfg
+        self.clock_ns = clock_ns
+        self.handles = DbHandles(cfg.path, cfg.busy_timeout_s)
+        self.tail = Tail(self.handles, lambda: self.handles.reading, clock_ns)
+        self.spool = Spool(cfg.path)
+        self.spooler = Spooler(self.spool, self.tail, on_spooled=self._notify)
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.checkpointer = Checkpointer(self.handles, self.spooler, self.stopping, self.wake.set,
+                                         name=f"checkpoint-{Path(cfg.path).name}")
+        self.error: BaseException | None = None
+        self.last_snapshot_ns = 0
+        self.last_snapshot_bytes = 0  # compressed; recovered from the replicas at start
+        self.last_write_ns = clock_ns()
+        self.shippers = [
+            Shipper(r, (storages or {}).get(r.name) or open_storage(r), self.spool.objects, cfg.path,
+                    on_ack=self._prune)
+            for r in cfg.replicas
+        ]
+        self._thread: threading.Thread | None = None
+        self._prune_lock = threading.Lock()
+        self._unwatch: Callable[[], None] = lambda: None
+        self._locked = False  # we hold the spool's flock
+        self._open = False  # handles open and the tail taken up
+        self._logged_at = -1e18
+
+    @property
+    def generation(self) -> str:
+        return self.spooler.generation
+
+    @property
+    def history_bytes(self) -> int:
+        return self.spooler.history_bytes
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self, supervised: bool = False) -> None:
+        """Open now (raising what stops it) and run the worker; `supervised` instead opens
+        on the worker thread and keeps retrying with backoff (the daemon's databases)."""
+        if not supervised:
+            self.open()
+        self._thread = threading.Thread(target=self._run, name=f"tail-{Path(self.cfg.path).name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def open(self) -> None:
+        """Lock the spool, open the database, recover what the replicas hold, take up the tail.
+
+        On failure everything taken so far is given back (spool lock, leases, connections).
+        """
+        try:
+            self.handles.open()  # first: a file that is not a database must leave nothing behind
+            if not self._locked:
+                if not self.spool.try_lock():
+                    raise ReplicatorError(f"{self.cfg.path} is already being replicated by another process",
+                                          f"see {self.spool.dir / 'lock'}")
+                self._locked = True
+                for shipper in self.shippers:
+                    shipper.recover()
+                for shipper in self.shippers:
+                    shipper.start()
+            self._take_up_tail()
+        except BaseException:
+            self._close_tail()
+            if self._locked and self._thread is None:  # a failed first open gives everything back
+                for shipper in self.shippers:
+                    shipper.stop(0)
+                self.spool.unlock()
+                self._locked = False
+            raise
+        log.info("replicating %s to %s", self.cfg.path, ", ".join(r.url for r in self.cfg.replicas))
+        self._notify()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake.set()
+
+    def join(self) -> bool:
+        """Wait for the final copy and for every replica to drain; True if all shipped."""
+        if self._thread:
+            self._thread.join()
+        drained = all([s.stop(DRAIN_TIMEOUT_S) for s in self.shippers])
+        self._close_tail()
+        if self._locked:
+            self.spool.unlock()
+            self._locked = False
+        return drained and self.error is None
+
+    def restart_tail(self) -> None:
+        """Close the database and take up its tail again (a new -wal inode, say): resumes
+        the generation where the spool and the WAL prove it, else starts a new one."""
+        self._close_tail()
+        self.open()
+
+    def _close_tail(self) -> None:
+        self.checkpointer.join()
+        self._unwatch()
+        self._unwatch = lambda: None
+        self.handles.close()
+        self._open = False
+
+    def _run(self) -> None:
+        """The worker, supervised: whatever fails is logged, everything is closed, and it
+        starts again after a backoff (resuming the generation when the spool and the WAL
+        still prove it). Only stop() ends it."""
+        delay = RESTART_DELAY_S[0]
+        while not self.stopping.is_set():
+            try:
+                if not self._open:
+                    self.open()
+                self._loop()
+                delay = RESTART_DELAY_S[0]
+            except ContinuityLost as err:
+                log.warning("%s: continuity lost (%s); starting a new generation", self.cfg.path, err)
+                self.restart_tail()
+            except Exception as err:  # noqa: BLE001 - one database's failure must not stop the others
+                self.error = err
+                now = time.monotonic()
+                if now - self._logged_at >= FAILURE_LOG_INTERVAL_S or not isinstance(err, ReplicatorError):
+                    if isinstance(err, ReplicatorError):
+                        log.error("replicating %s failed: %s; retrying in %.1fs", self.cfg.path, err, delay)
+                    else:
+                        log.exception("replicating %s failed; retrying in %.1fs", self.cfg.path, delay)
+                    self._logged_at = now
+                self._close_tail()
+                self.stopping.wait(delay)
+                delay = min(RESTART_DELAY_S[1], delay * 2)
+        try:
+            if self._open:
+                self._finish()
+        except Exception as err:  # noqa: BLE001 - reported by join() and the CLI
+            log.error("%s: final copy failed: %s (it stays in the WAL)", self.cfg.path, err)
+            self.error = err
+
+    def _loop(self) -> None:
+        last, window = 0.0, policy.MIN_BATCH_INTERVAL_S
+        while not self.stopping.is_set():
+            self.wake.wait(self.cfg.monitor_interval_s)
+            # Coalesce: a busy writer wakes us per WAL write; one batch per few ms keeps the
+            # per-batch cost (encode, spool, upload) from scaling with the commit rate.
+            self.stopping.wait(max(0.0, last + window - time.monotonic()))
+            self.wake.clear()
+            if self.stopping.is_set():
+                return
+            now = time.monotonic()
+            window = policy.batch_window(self.spooler.batch_bytes, now - last)
+            last, self.spooler.batch_bytes = now, 0
+            try:
+                self.step()
+            except SourceError as err:  # e.g. the fence timed out behind a long write transaction
+                log.warning("%s: %s; will retry", self.cfg.path, err)
+            self.error = None
+
+    def _finish(self) -> None:
+        """On stop: everything committed so far into the spool, durably (a clean restart then
+        resumes exactly where this run stopped)."""
+        err = self.checkpointer.join()
+        if isinstance(err, ContinuityLost):
+            return
+        self.spooler.copy()
+        self.spooler.sync()
+
+    # -- the tail ----------------------------------------------------------------------
+
+    def _take_up_tail(self) -> None:
+        """Resume the generation when the spool's state and the WAL prove it, else start one.
+
+        R's read transaction begins inside the fence, where the WAL cannot change: from its
+        first instant it protects every frame after the saved position, except when
+        everything is backfilled (R may then be on read mark 0, which does not stop the
+        next write from restarting the WAL): those frames are copied and made durable
+        before the fence lets that write in. Never a guess: what cannot be proven starts a
+        new generation with a snapshot.
+        """
+        self.spooler.db_ident = self.handles.db_ident
+        state = self.spool.load()
+        if state is not None and (state.checksum.page_size != self.handles.page_size
+                                  or state.db_ident != self.handles.db_ident):
+            state = None  # another page size, or another file under the path: nothing to resume
+        if state is not None:
+            self.spooler.generation = state.generation
+            self._drop_spooled_after(state.generation, state.pos.txid)
+            self.spool.sync_everything()  # the previous run's objects: their syncs are unknown
+            self.spool.save_base(state)  # this run's log starts from a durable state
+        resumed = False
+        with self.spooler.lock, self.handles.fence():
+            self.handles.begin_read()
+            hdr = self.handles.index_header()
+            if state is not None and self.tail.proves(state.pos, hdr):
+                self.tail.set(state.pos, state.checksum)
+                resumed = True
+                if hdr.nbackfill >= hdr.mx_frame and state.pos.frame < hdr.mx_frame:
+                    self.spooler.copy_locked()
+                    self.spooler.sync()
+            else:
+                txid = self._next_txid(state)
+                self.tail.start(hdr, txid, checksum=None)  # type: ignore[arg-type]
+        self._unwatch = watch_file(self.handles.wal_path, self.wake)
+        self._open = True
+        if resumed:
+            assert state is not None
+            self.last_snapshot_ns = self._recovered_snapshot_ns()
+            self.last_snapshot_bytes, self.spooler.history_bytes = max(
+                [s.history.get(self.generation, (0, 0)) for s in self.shippers], key=lambda h: h[1])
+            log.info("%s: resuming generation %s at txid %d", self.cfg.path, self.generation, state.pos.txid)
+            return
+        log.info("%s: cannot prove continuity with %s; starting a new generation", self.cfg.path,
+                 "the last run" if state is not None else "any earlier run")
+        self._new_generation(hdr)
+
+    def _new_generation(self, hdr) -> None:
+        """A snapshot of R's view (the database as of `hdr`) starts an unbroken run of history."""
+        assert self.tail.pos is not None
+        txid, now = self.tail.pos.txid, self.tail.now()
+        self.spooler.generation = layout.new_generation(now)
+        snap = write_snapshot(self.spool, self.handles, hdr, self.generation, txid, now, expected=None)
+        self.tail.checksum = snap.checksum
+        self.spool.save_base(TailState(self.generation, self.tail.pos, snap.checksum.copy(), self.handles.db_ident))
+        self.last_snapshot_ns, self.last_snapshot_bytes = now, snap.size
+        self.spooler.history_bytes = 0
+        log.info("%s: generation %s started with a snapshot at txid %d (%d pages)", self.cfg.path,
+                 self.generation, txid, snap.checksum.n_pages)
+        self._notify()
+
+    def _next_txid(self, state: TailState | None) -> int:
+        """Above every txid known from the spool, its state and every replica: txids never
+        repeat. With some replica's history unknown, also above the clock floor."""
+        txids = [0, state.pos.txid if state is not None else 0,
+                 layout.parse_listing(self.spool.objects.list(layout.GENERATIONS)).last_txid]
+        for s in self.shippers:
+            txids.extend(s.segments_upto.values())
+            txids.extend(s.snapshots.values())
+        txid = max(txids) + 1
+        if not all(s.recovered for s in self.shippers):
+            txid = max(txid, (self.clock_ns() // 1_000_000_000) << TXID_CLOCK_SHIFT)
+        return txid
+
+    # -- the worker's wake-up ----------------------------------------------------------
+
+    def step(self) -> None:
+        """One wake-up: serve snapshot requests, copy, maybe checkpoint, maybe snapshot."""
+        if self.handles.replaced():
+            raise ContinuityLost("the database file was replaced")
+        self._serve_requests()
+        try:
+            copied = self.spooler.copy()
+        except SpoolError:
+            return  # logged by the spooler; checkpoints wait (the WAL holds every frame)
+        guarded = self.handles.keep_checkpoints()
+        now = self.tail.now()
+        if copied:
+            self.last_write_ns = now
+        if self.checkpointer.running():
+            return  # no fence while a checkpoint runs: snapshots and checkpoints wait
+        if self._joined_checkpoint():
+            return
+        idle_s = (now - self.last_write_ns) / 1e9
+        if policy.checkpoint_due(backfill_tail(self.handles), idle_s, guarded,
+                                 self.cfg.min_checkpoint_page_count, self.cfg.checkpoint_interval_s):
+            self.checkpointer.start()
+            return
+        facts = policy.SnapshotFacts(now, self.last_snapshot_ns, min(r.snapshot_interval_s for r in self.cfg.replicas),
+                                     self.history_bytes, self.last_snapshot_bytes, self.cfg.snapshot_history_ratio,
+                                     idle_s)
+        if policy.snapshot_due(facts):
+            self.snapshot_now()
+
+    def _joined_checkpoint(self) -> bool:
+        """Collect a finished checkpoint cycle; True if it ended early (its error dealt with)."""
+        err = self.checkpointer.join()
+        if err is None:
+            return False
+        if isinstance(err, ContinuityLost):
+            raise err
+        if not isinstance(err, SpoolError):  # SpoolError: the spooler logged it and rolls back
+            log.warning("%s: checkpoint failed: %s; retried later", self.cfg.path, err)
+        return True
+
+    def snapshot_now(self, name: str | None = None) -> int:
+        """A snapshot in the current generation at the current txid; returns that txid.
+        Waits for a running checkpoint cycle first (a snapshot needs the fence)."""
+        self._joined_checkpoint()
+        view = move_mark(self.handles, self.spooler, fenced=True)
+        assert view is not None
+        hdr, pos, expected = view
+        now = self.tail.now()
+        self.spooler.history_bytes = 0
+        snap = write_snapshot(self.spool, self.handles, hdr, self.generation, pos.txid, now, expected,
+                              poll=self._poll_copy, name=name)
+        self.last_snapshot_ns, self.last_snapshot_bytes = now, snap.size
+        log.info("%s: snapshot at txid %d", self.cfg.path, pos.txid)
+        self._notify()
+        return pos.txid
+
+    def _poll_copy(self) -> None:
+        """Commits keep flowing while a snapshot is read (its failures wait for the next step)."""
+        try:
+            self.spooler.copy()
+        except SpoolError:
+            pass  # logged by the spooler; the snapshot itself will fail or succeed on its own
+
+    # -- bookkeeping -------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        for s in self.shippers:
+            s.wake.set()
+
+    def _prune(self) -> None:
+        """Drop spooled objects that every replica holds."""
+        with self._prune_lock:
+            done = []
+            for obj in self.spool.objects.list(layout.GENERATIONS):
+                info = layout.parse_key(obj.key, obj.size)
+                if info is not None and all(s.has(info) for s in self.shippers):
+                    done.append(obj.key)
+            if done:
+                self.spool.objects.delete_many(done)
+
+    def _drop_spooled_after(self, generation: str, txid: int) -> None:
+        """Spooled segments past the trusted tail state are copied again from the WAL."""
+        stale = []
+        for obj in self.spool.objects.list(layout.GENERATIONS):
+            info = layout.parse_key(obj.key, obj.size)
+            if isinstance(info, layout.SegmentInfo) and info.generation == generation and info.last_txid > txid:
+                stale.append(obj.key)
+        self.spool.objects.delete_many(stale)
+
+    def _recovered_snapshot_ns(self) -> int:
+        times = [t for s in self.shippers for g, t in s.snapshot_times.items() if g == self.generation]
+        return max(times) if times else self.tail.now()
+
+    def _serve_requests(self) -> None:
+        for req in sorted(self.spool.requests_dir.glob("*.req")):
+            name = req.read_text().strip() or None
+            try:
+                txid = self.snapshot_now(name)
+                req.with_suffix(".done").write_text(str(txid))
+            except ReplicatorError as err:
+                req.with_suffix(".failed").write_text(str(err))
+            req.unlink(missing_ok=True)
