@@ -4,6 +4,11 @@ Two replicators shipping the same database to one replica would interleave their
 the lease makes the second fail loudly instead. Every write is a compare-and-swap on the
 object's etag, so two contenders can never both win; expiry (not release) is the safety net
 for a holder that crashed.
+
+Each acquisition writes a random token into the record. A write whose answer was lost
+(timeout, reset) may have landed; its retry then fails with PreconditionFailed against our
+own write. The token read back tells the two apart: our token means the write was ours and
+the lease is kept; anything else means it was lost.
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from .errors import LeaseHeld
-from .storage.base import NotFound, PreconditionFailed, Storage
+from .storage.base import NotFound, PreconditionFailed, Storage, Transient
 
 LEASE_KEY = "lease.json"
+CAS_ATTEMPTS = 3  # writes per renewal when earlier writes of ours keep turning up (lost answers)
 log = logging.getLogger(__name__)
 
 
@@ -56,47 +62,96 @@ def _read(storage: Storage) -> tuple[dict[str, Any] | None, str | None]:
     return record, etag
 
 
+def _encode(record: dict[str, Any]) -> bytes:
+    return json.dumps(record).encode()
+
+
 class Lease:
-    """A held lease; renew() well before `expires_at`, release() on clean shutdown."""
+    """A held lease; renew() well before `expires_at`, release() on clean shutdown.
+
+    `token` is this acquisition's own: the record carries it, so "is the lease still ours?"
+    is answered by the record, not by the etag of our last write (whose answer may be lost)
+    nor by the owner string (which another instance may share).
+    """
 
     def __init__(self, storage: Storage, owner: str, ttl_s: float, now: Callable[[], float],
                  etag: str | None, acquired_at: float):
         self.storage, self.owner, self.ttl_s, self._now = storage, owner, ttl_s, now
         self.etag, self.acquired_at = etag, acquired_at
+        self.token = uuid.uuid4().hex
         self.expires_at = 0.0
 
-    def _write(self) -> None:
+    def _record(self) -> dict[str, Any]:
+        """The record to write now: who holds the lease and until when, nothing else."""
         t = self._now()
-        record = {"owner": self.owner, "expires_at": t + self.ttl_s, "acquired_at": self.acquired_at,
-                  "hostname": socket.gethostname(), "pid": os.getpid()}
-        try:
-            self.etag = self.storage.put_if_match(LEASE_KEY, json.dumps(record).encode(), self.etag)
-        except PreconditionFailed:
-            holder, _ = _read(self.storage)
-            who = describe(holder) if holder else "another replicator"
-            raise LeaseHeld(f"{self.storage.url}: lease lost to {who}",
-                            "another replicator is writing this replica; stop one of them") from None
-        self.expires_at = record["expires_at"]
+        return {"owner": self.owner, "token": self.token, "hostname": socket.gethostname(),
+                "pid": os.getpid(), "acquired_at": self.acquired_at, "expires_at": t + self.ttl_s}
+
+    def _lost(self, record: dict[str, Any] | None) -> LeaseHeld:
+        who = describe(record) if record else "another replicator"
+        if self.expires_at == 0.0:  # never held: a contender got there between our read and write
+            return LeaseHeld(f"{self.storage.url}: replica is held by {who}",
+                             "another replicator is writing this replica; stop it or wait for the lease to expire")
+        return LeaseHeld(f"{self.storage.url}: lease lost to {who}",
+                         "another replicator is writing this replica; stop one of them")
+
+    def _write(self) -> None:
+        """Compare-and-swap our record over the one at self.etag.
+
+        A PreconditionFailed or an unanswered write (Transient) is settled by reading the
+        lease back: our token there means a write of ours landed. If it is the record we just
+        wrote, its etag is adopted; if an earlier one (its answer lost too), we write over it.
+        Not ours means lost, unless an unanswered write left the record as it was: then
+        nothing happened and the Transient is the caller's to retry.
+        """
+        mine = self._record()
+        data, etag = _encode(mine), self.etag
+        for _ in range(CAS_ATTEMPTS):
+            doubt: Transient | None = None
+            try:
+                self.etag = self.storage.put_if_match(LEASE_KEY, data, etag)
+                self.expires_at = mine["expires_at"]
+                return
+            except PreconditionFailed:
+                pass
+            except Transient as err:
+                doubt = err
+            record, current = _read(self.storage)
+            if record is not None and record.get("token") == self.token:
+                if record == mine:  # ours landed; only the answer was lost
+                    self.etag, self.expires_at = current, mine["expires_at"]
+                    return
+                self.etag = etag = current  # an earlier write of ours: replace it
+                continue
+            if doubt is not None and current == etag:
+                raise doubt
+            raise self._lost(record)
+        raise Transient(f"{self.storage.url}/{LEASE_KEY}: lease write did not settle in {CAS_ATTEMPTS} attempts")
 
     def renew(self) -> None:
         """Extend the lease; raises LeaseHeld if someone took it over since our last write."""
         self._write()
 
     def release(self) -> None:
-        """Delete lease.json if it is still ours, so a successor need not wait for expiry.
+        """Delete lease.json if it still carries our token, so a successor need not wait.
 
         Storage has no conditional delete: a takeover between our read and the delete would
         be undone. That needs our lease to have expired in that instant, and the successor's
         next renew then fails loudly rather than silently sharing the replica.
         """
-        _, etag = _read(self.storage)
-        if etag is not None and etag == self.etag:
+        record, _ = _read(self.storage)
+        if record is not None and record.get("token") == self.token:
             self.storage.delete_many([LEASE_KEY])
         self.etag = None
 
 
 def acquire(storage: Storage, owner: str, ttl_s: float, now: Callable[[], float] = time.time) -> Lease:
-    """Take the lease if absent, expired or already ours; else raise LeaseHeld naming the holder."""
+    """Take the lease if absent, expired or already `owner`'s; else raise LeaseHeld naming the holder.
+
+    Already ours means the same owner string: a restarted replicator takes its own lease back
+    at once. The new acquisition gets a new token, so an older instance still running under
+    the same owner loses the lease at its next renewal.
+    """
     if ttl_s <= 0:
         raise ValueError("lease ttl must be positive")
     record, etag = _read(storage)

@@ -10,7 +10,7 @@ import pytest
 
 from replicator import lease
 from replicator.errors import LeaseHeld
-from replicator.storage import FileStorage, MemoryStorage
+from replicator.storage import FileStorage, MemoryStorage, RetryingStorage, Storage, Transient
 
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 
@@ -21,6 +21,29 @@ class Clock:
 
     def __call__(self) -> float:
         return self.t
+
+
+class LostAnswers:
+    """A store whose next `lose` conditional writes land but whose answers never arrive, like
+    a timeout or reset after the store applied the PUT (the one part that cannot be real);
+    `refuse` instead fails the next ones before they land."""
+
+    def __init__(self, inner: Storage):
+        self.inner, self.url = inner, inner.url
+        self.lose = self.refuse = 0
+
+    def put_if_match(self, key: str, data: bytes, etag: str | None) -> str:
+        if self.refuse:
+            self.refuse -= 1
+            raise Transient(f"{self.url}/{key}: connection refused")
+        new_etag = self.inner.put_if_match(key, data, etag)
+        if self.lose:
+            self.lose -= 1
+            raise Transient(f"{self.url}/{key}: timed out")
+        return new_etag
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.inner, name)
 
 
 @pytest.fixture(params=["memory", "file", "s3-moto"])
@@ -88,3 +111,64 @@ def test_garbled_lease_is_overwritten(storage) -> None:
     storage.put(lease.LEASE_KEY, b"not json")
     assert lease.acquire(storage, "alpha", ttl_s=10, now=Clock()).owner == "alpha"
     assert lease.new_owner().startswith(f"{socket.gethostname()}:{os.getpid()}:")
+
+
+def test_a_retried_write_that_meets_our_own_landed_write_keeps_the_lease(storage) -> None:
+    """The retry after a lost answer gets 412 (the etag moved: our own write); the token in
+    the record read back says it was ours, so the lease is kept, not lost to ourselves."""
+    clock = Clock()
+    flaky = LostAnswers(storage)
+    retrying = RetryingStorage(flaky, sleep=lambda s: None)
+    flaky.lose = 1
+    held = lease.acquire(retrying, "alpha", ttl_s=30, now=clock)
+    assert held.expires_at == T0 + 30
+
+    clock.t += 20
+    flaky.lose = 1
+    held.renew()
+    assert held.expires_at == T0 + 50
+    clock.t += 20
+    held.renew()  # the etag adopted from the read-back is the current one
+    assert json.loads(storage.get(lease.LEASE_KEY))["expires_at"] == T0 + 70
+
+    with pytest.raises(LeaseHeld, match="held by alpha"):  # still a lease to everyone else
+        lease.acquire(storage, "beta", ttl_s=30, now=clock)
+
+
+def test_an_unanswered_write_is_settled_by_reading_the_lease_back(storage) -> None:
+    """Without retries (or once they are spent) the failure is ambiguous: landed or not."""
+    clock = Clock()
+    flaky = LostAnswers(storage)
+    flaky.refuse = 1
+    with pytest.raises(Transient):  # did not land, and nobody else wrote: the caller retries
+        lease.acquire(flaky, "alpha", ttl_s=30, now=clock)
+    assert list(storage.list(lease.LEASE_KEY)) == []
+    flaky.lose = 1
+    held = lease.acquire(flaky, "alpha", ttl_s=30, now=clock)  # landed: ours
+    assert json.loads(storage.get(lease.LEASE_KEY))["token"] == held.token
+
+    clock.t += 20
+    flaky.refuse = 1  # the record read back is our previous one: written over at once
+    held.renew()
+    assert held.expires_at == json.loads(storage.get(lease.LEASE_KEY))["expires_at"] == T0 + 50
+
+    clock.t += 31  # alpha stalled past its expiry and beta took over
+    lease.acquire(storage, "beta", ttl_s=30, now=clock)
+    flaky.refuse = 1
+    with pytest.raises(LeaseHeld, match="lease lost to beta"):
+        held.renew()
+
+
+def test_one_owner_on_two_instances_is_two_holders(storage) -> None:
+    """Same owner string, different acquisitions (e.g. a restart while the old process still
+    runs): the newer one takes the lease; the older one learns it at its next renewal."""
+    clock = Clock()
+    old = lease.acquire(storage, "alpha", ttl_s=30, now=clock)
+    new = lease.acquire(storage, "alpha", ttl_s=30, now=clock)
+    with pytest.raises(LeaseHeld, match="lease lost to alpha"):
+        old.renew()
+    new.renew()
+    old.release()  # not its lease any more: must not free it
+    assert json.loads(storage.get(lease.LEASE_KEY))["owner"] == "alpha"
+    new.release()
+    assert list(storage.list(lease.LEASE_KEY)) == []
