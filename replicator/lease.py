@@ -16,23 +16,93 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import secrets
 import socket
 import time
 import uuid
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Callable
 
-from .errors import LeaseHeld
+from .errors import LeaseHeld, ReplicatorError
 from .storage.base import NotFound, PreconditionFailed, Storage, Transient
+from .storage.file import fsync_dir
 
 LEASE_KEY = "lease.json"
 CAS_ATTEMPTS = 3  # writes per renewal when earlier writes of ours keep turning up (lost answers)
+INSTANCE_ID_FILE = "instance-id"  # in the spool directory: see instance_owner
+_INSTANCE_ID = re.compile(rb"[0-9a-f]{16}")
+_SPOOL_SUFFIX = "-replicator"  # spool.spool_dir's; test_lease holds the two together
 log = logging.getLogger(__name__)
 
 
 def new_owner() -> str:
     """A unique owner id that still tells a human which host and process holds the lease."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def instance_owner(spool_dir: Path) -> str:
+    """`hostname:db path:instance id`: the lease owner for the database whose spool this is.
+
+    `hostname:db path` alone is shared by two containers that run one image (one hostname)
+    over the same path: both would take the lease as theirs. The instance id is random and
+    kept in the spool, which belongs to one running daemon (its flock) and survives its
+    restarts, so a crashed replicator still takes its own lease back at once. A fresh spool
+    (a new container, a deleted spool) is a new owner: it waits for the old lease to expire
+    or be released.
+
+    Call it once the spool exists and is this process's. The id is published atomically:
+    written to an O_EXCL temp file (mode 0600) and fsynced, then linked into place (link(2)
+    fails if the name exists, like O_EXCL, but the name never shows a half-written file), so
+    concurrent callers all read back the id that won. A corrupt or empty file is replaced
+    (by rename) with a fresh id, which makes this replicator a new owner; that is logged.
+    """
+    spool_dir = Path(spool_dir)
+    path = spool_dir / INSTANCE_ID_FILE
+    instance_id = _read_instance_id(path)
+    if instance_id is None:
+        replace = os.path.lexists(path)
+        if replace:
+            log.warning("%s holds no valid instance id; writing a fresh one (a new lease owner: "
+                        "a lease this replicator held must expire first)", path)
+        _publish_instance_id(path, secrets.token_hex(8), replace)
+        instance_id = _read_instance_id(path)
+        if instance_id is None:
+            raise ReplicatorError(f"{path}: cannot keep an instance id there")
+    db = spool_dir.with_name(spool_dir.name.removesuffix(_SPOOL_SUFFIX))
+    return f"{socket.gethostname()}:{os.path.abspath(db)}:{instance_id}"
+
+
+def _read_instance_id(path: Path) -> str | None:
+    """The id kept in `path`; None if there is no file or it holds no id."""
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    match = _INSTANCE_ID.fullmatch(text.strip())
+    return match.group().decode() if match else None
+
+
+def _publish_instance_id(path: Path, instance_id: str, replace: bool) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        try:
+            os.write(fd, f"{instance_id}\n".encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass  # another caller published first: its id is the one read back
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
 
 
 def _rfc3339(ts: float) -> str:

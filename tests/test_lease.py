@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
+import threading
+from pathlib import Path
 
 import pytest
 
@@ -172,3 +175,74 @@ def test_one_owner_on_two_instances_is_two_holders(storage) -> None:
     assert json.loads(storage.get(lease.LEASE_KEY))["owner"] == "alpha"
     new.release()
     assert list(storage.list(lease.LEASE_KEY)) == []
+
+
+# -- instance owner ------------------------------------------------------------------------
+
+
+def make_spool(tmp_path: Path) -> tuple[str, Path]:
+    from replicator.spool import spool_dir
+
+    db = str(tmp_path / "app.db")
+    spool = spool_dir(db)
+    spool.mkdir()
+    return db, spool
+
+
+def test_instance_owner_is_stable_for_a_spool_and_new_for_a_fresh_one(storage, tmp_path) -> None:
+    """Two containers with one hostname and one database path share `hostname:path`; their
+    spools differ. A fresh spool at the same path (the second container) is another owner."""
+    db, spool = make_spool(tmp_path)
+    first = lease.instance_owner(spool)
+    assert first.startswith(f"{socket.gethostname()}:{os.path.abspath(db)}:")
+    assert lease.instance_owner(spool) == first  # a restart: the same instance
+    assert os.stat(spool / lease.INSTANCE_ID_FILE).st_mode & 0o777 == 0o600
+
+    clock = Clock()
+    lease.acquire(storage, first, ttl_s=30, now=clock)
+    os.rename(spool, tmp_path / "first-container")
+    spool.mkdir()
+    second = lease.instance_owner(spool)  # same hostname, same path, another spool
+    assert second != first and second.rsplit(":", 1)[0] == first.rsplit(":", 1)[0]
+    with pytest.raises(LeaseHeld, match="held by " + re.escape(first)):
+        lease.acquire(storage, second, ttl_s=30, now=clock)
+
+    os.rename(spool, tmp_path / "second-container")
+    os.rename(tmp_path / "first-container", spool)
+    again = lease.acquire(storage, lease.instance_owner(spool), ttl_s=30, now=clock)  # restarted: at once
+    assert again.owner == first
+
+
+@pytest.mark.parametrize("content", [b"", b"not an id\n", b"\xff\xfe", b"0123"])
+def test_a_corrupt_instance_id_is_replaced_by_a_fresh_one(tmp_path, content: bytes) -> None:
+    _, spool = make_spool(tmp_path)
+    path = spool / lease.INSTANCE_ID_FILE
+    path.write_bytes(content)
+    os.chmod(path, 0o644)
+    owner = lease.instance_owner(spool)
+    instance_id = owner.rsplit(":", 1)[1]
+    assert path.read_text() == instance_id + "\n" and len(instance_id) == 16
+    int(instance_id, 16)
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert lease.instance_owner(spool) == owner
+    assert [p.name for p in spool.iterdir()] == [lease.INSTANCE_ID_FILE]  # no temp files left
+
+
+def test_instance_owners_created_at_once_agree(tmp_path) -> None:
+    """Creation is atomic (a complete file appears under its name, or nothing): callers
+    racing on a fresh spool all read back the one id that was published."""
+    _, spool = make_spool(tmp_path)
+    start = threading.Barrier(8)
+    owners: list[str] = []
+
+    def create() -> None:
+        start.wait()
+        owners.append(lease.instance_owner(spool))
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(owners) == 8 and len(set(owners)) == 1
+    assert sorted(p.name for p in spool.iterdir()) == [lease.INSTANCE_ID_FILE]
