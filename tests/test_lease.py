@@ -8,12 +8,13 @@ import re
 import socket
 import threading
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
 from replicator import lease
 from replicator.errors import LeaseHeld
-from replicator.storage import FileStorage, MemoryStorage, RetryingStorage, Storage, Transient
+from replicator.storage import FileStorage, MemoryStorage, RetryingStorage, Storage, Transient, Unsupported
 
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 
@@ -24,6 +25,9 @@ class Clock:
 
     def __call__(self) -> float:
         return self.t
+
+    def sleep(self, s: float) -> None:
+        self.t += s
 
 
 class LostAnswers:
@@ -246,3 +250,242 @@ def test_instance_owners_created_at_once_agree(tmp_path) -> None:
         t.join()
     assert len(owners) == 8 and len(set(owners)) == 1
     assert sorted(p.name for p in spool.iterdir()) == [lease.INSTANCE_ID_FILE]
+
+
+# -- stores without conditional writes -----------------------------------------------------
+
+SETTLE = 4.0  # Δ in these tests: a write must be answered within 2 s of its read
+
+
+class NoConditionalWrites:
+    """A store without atomic compare-and-swap: conditional writes raise Unsupported."""
+
+    conditional_writes = False
+
+    def __init__(self, inner: Storage):
+        self.inner, self.url = inner, inner.url
+
+    def put_if_match(self, key: str, data: bytes, etag: str | None) -> str:
+        raise Unsupported(f"{self.url}/{key}: not supported by this store")
+
+    def put_if_absent(self, key: str, data: bytes) -> None:
+        raise Unsupported(f"{self.url}/{key}: not supported by this store")
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.inner, name)
+
+
+@pytest.fixture(params=["memory"])
+def connect(request) -> Callable[[], Storage]:
+    """connect() -> one more client of one shared store without conditional writes."""
+    shared = MemoryStorage()
+    return lambda: NoConditionalWrites(shared)
+
+
+class Turns:
+    """Runs contenders on threads one step at a time in a scripted order of (who, step).
+
+    A step is a lease read ("get"), a lease write ("put", answered before the next step
+    starts) or a settle delay ("sleep", which moves that contender's clock by its length).
+    """
+
+    def __init__(self, script: list[tuple[str, str]]):
+        self.script: list[tuple[str, str]] | None = list(script)
+        self.cond = threading.Condition()
+
+    def step(self, who: str, what: str, fn: Callable[[], Any]) -> Any:
+        with self.cond:
+            if self.script is None:  # script over: run freely
+                return fn()
+            if not self.cond.wait_for(lambda: self.script[:1] == [(who, what)], timeout=10):
+                raise AssertionError(f"{who} wants to {what}; the script expects {self.script[:1]}")
+        try:
+            return fn()
+        finally:
+            with self.cond:
+                self.script.pop(0)
+                self.cond.notify_all()
+
+
+class Scripted:
+    """One contender's client: its lease reads and writes wait for their turn."""
+
+    def __init__(self, inner: Storage, who: str, turns: Turns):
+        self.inner, self.url, self.who, self.turns = inner, inner.url, who, turns
+
+    def get_with_etag(self, key: str) -> tuple[bytes, str]:
+        return self.turns.step(self.who, "get", lambda: self.inner.get_with_etag(key))
+
+    def put(self, key: str, data: bytes) -> None:
+        return self.turns.step(self.who, "put", lambda: self.inner.put(key, data))
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.inner, name)
+
+
+def contend(connect: Callable[[], Storage], script: list[tuple[str, str]],
+            clock_for: Callable[[str], Clock] = lambda who: Clock()) -> tuple[dict[str, Any], dict[str, Clock]]:
+    """Contenders A and B each acquire the lease on their own client and clock (their own
+    hosts) following `script`; returns what each acquire() returned or raised, and the clocks."""
+    turns = Turns(script)
+    clocks = {w: clock_for(w) for w in "AB"}
+    results: dict[str, Any] = {}
+
+    def run(w: str) -> None:
+        clock = clocks[w]
+        try:
+            results[w] = lease.acquire(
+                Scripted(connect(), w, turns), w, ttl_s=60, now=clock, monotonic=clock,
+                sleep=lambda s: turns.step(w, "sleep", lambda: clock.sleep(s)), settle_s=SETTLE)
+        except Exception as err:  # noqa: BLE001 (the test inspects it)
+            results[w] = err
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in "AB"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert turns.script == [], f"steps never taken: {turns.script}; results: {results}"
+    turns.script = None
+    return results, clocks
+
+
+def A(step: str) -> tuple[str, str]:
+    return ("A", step)
+
+
+def B(step: str) -> tuple[str, str]:
+    return ("B", step)
+
+
+INTERLEAVINGS = {
+    # B reads the lease free before A's write lands; B's write lands last and wins.
+    "b-reads-before-a-writes": ([A("get"), B("get"), A("put"), B("put"), A("sleep"), B("sleep"),
+                                 A("get"), B("get")], "B"),
+    # The same reads, but A's write lands last.
+    "a-writes-last": ([A("get"), B("get"), B("put"), A("put"), B("sleep"), A("sleep"),
+                       B("get"), A("get")], "A"),
+    # B reads before A's write lands and writes while A is settling: A sees B's token.
+    "b-writes-while-a-settles": ([A("get"), B("get"), A("put"), A("sleep"), B("put"), A("get"),
+                                  B("sleep"), B("get")], "B"),
+    # B reads after A's write landed: A's record is live, B stays out without writing.
+    "b-reads-after-a-writes": ([A("get"), A("put"), B("get"), A("sleep"), A("get")], "A"),
+}
+
+
+@pytest.mark.parametrize("name", INTERLEAVINGS)
+def test_without_conditional_writes_only_one_contender_wins(connect, name: str) -> None:
+    script, winner = INTERLEAVINGS[name]
+    results, clocks = contend(connect, script)
+    loser = "A" if winner == "B" else "B"
+    assert isinstance(results[winner], lease.Lease), results
+    assert isinstance(results[loser], LeaseHeld) and f"held by {winner} " in str(results[loser])
+    store = connect()
+    assert json.loads(store.get(lease.LEASE_KEY))["token"] == results[winner].token
+    clocks[winner].t += 31
+    results[winner].renew()  # the winner goes on; a renewal needs no settle delay
+    assert results[winner].expires_at == clocks[winner].t + 60
+
+
+def test_a_write_answered_too_late_claims_nothing_and_fences_the_lease(connect) -> None:
+    """A's write is answered after B read the lease free, wrote, settled and proved its
+    claim (B's settle delay passes while A's PUT is in flight): A's write may have
+    displaced B, so A must not claim, and nobody may take the lease until the fence expires;
+    B learns at its next renewal."""
+    script = [A("get"), B("get"), B("put"), B("sleep"), B("get"),  # B proved its claim...
+              A("put"),  # ...then A's PUT lands, answered SETTLE s after A's read
+              A("get"), A("put")]  # A fences the record
+    shared_clock = Clock()  # one clock: B's settle delay passes during A's PUT
+    results, _ = contend(connect, script, clock_for=lambda who: shared_clock)
+    assert isinstance(results["B"], lease.Lease)
+    assert isinstance(results["A"], Transient) and "fenced until it expires" in str(results["A"])
+    store = connect()
+    fence = json.loads(store.get(lease.LEASE_KEY))
+    assert fence["owner"] == "A" and fence["token"] == lease.FENCED
+
+    with pytest.raises(LeaseHeld, match="lease lost to nobody until .*: a lease write by A"):
+        results["B"].renew()
+    for owner in ("A", "C"):  # not even A takes it back
+        with pytest.raises(LeaseHeld, match="held by nobody"):
+            lease.acquire(store, owner, ttl_s=60, now=shared_clock, sleep=shared_clock.sleep,
+                          monotonic=shared_clock, settle_s=SETTLE)
+    shared_clock.t = fence["expires_at"]
+    assert lease.acquire(store, "C", ttl_s=60, now=shared_clock, sleep=shared_clock.sleep,
+                         monotonic=shared_clock, settle_s=SETTLE).owner == "C"
+
+
+class CountingClock(Clock):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sleeps: list[float] = []
+
+    def sleep(self, s: float) -> None:
+        self.sleeps.append(s)
+        super().sleep(s)
+
+
+def acquire_counting(store: Storage, owner: str, clock: CountingClock) -> lease.Lease:
+    return lease.acquire(store, owner, ttl_s=60, now=clock, sleep=clock.sleep, monotonic=clock,
+                         settle_s=SETTLE)
+
+
+def test_without_conditional_writes_renewals_check_the_token(connect) -> None:
+    clock = CountingClock()
+    store = connect()
+    alpha = acquire_counting(store, "alpha", clock)
+    assert clock.sleeps == [SETTLE] and alpha.expires_at == T0 + 60  # the record written before settling
+
+    clock.t += 30
+    alpha.renew()  # answered long before the old record expires: no settle delay
+    assert clock.sleeps == [SETTLE] and alpha.expires_at == clock.t + 60
+
+    clock.t += 59  # renewed late (an outage): within SETTLE of expiry, so it settles
+    alpha.renew()
+    assert clock.sleeps == [SETTLE, SETTLE] and alpha.expires_at == clock.t - SETTLE + 60
+
+    with pytest.raises(LeaseHeld, match="held by alpha"):
+        acquire_counting(store, "beta", clock)
+    clock.t += 61
+    beta = acquire_counting(store, "beta", clock)
+    with pytest.raises(LeaseHeld, match="lease lost to beta"):
+        alpha.renew()
+    with pytest.raises(LeaseHeld, match="lease lost to beta"):  # for good: no more requests
+        alpha.renew()
+    alpha.release()
+    assert json.loads(store.get(lease.LEASE_KEY))["owner"] == "beta"
+    beta.release()
+    assert list(store.list(lease.LEASE_KEY)) == []
+
+
+def test_without_conditional_writes_a_restart_takes_its_lease_back_after_settling(connect) -> None:
+    clock = CountingClock()
+    store = connect()
+    first = acquire_counting(store, "alpha", clock)
+    clock.t += 10
+    again = acquire_counting(store, "alpha", clock)  # crashed and restarted: same owner
+    assert again.token != first.token and clock.sleeps == [SETTLE, SETTLE]
+    assert json.loads(store.get(lease.LEASE_KEY))["acquired_at"] == T0
+    with pytest.raises(LeaseHeld, match="lease lost to alpha"):
+        first.renew()
+
+
+def test_a_store_that_refuses_its_first_conditional_write_gets_the_settle_protocol() -> None:
+    """S3 learns from the store's first answer (501) that it has no conditional writes."""
+
+    class Learns(NoConditionalWrites):
+        conditional_writes = True
+
+        def put_if_match(self, key: str, data: bytes, etag: str | None) -> str:
+            self.conditional_writes = False
+            return super().put_if_match(key, data, etag)
+
+    clock = CountingClock()
+    store = Learns(MemoryStorage())
+    held = acquire_counting(store, "alpha", clock)
+    assert not store.conditional_writes and clock.sleeps == [SETTLE]
+    assert json.loads(store.get(lease.LEASE_KEY))["token"] == held.token
+
+
+def test_the_settle_delay_must_fit_in_the_lease(connect) -> None:
+    with pytest.raises(ValueError, match="twice the settle delay"):
+        lease.acquire(connect(), "alpha", ttl_s=8, now=Clock(), settle_s=4)

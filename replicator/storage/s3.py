@@ -140,7 +140,7 @@ class S3Storage:
         self.url = f"s3://{options.bucket}/{options.prefix.strip('/')}".rstrip("/")
         self._part_size = max(options.part_size, 5 << 20)  # S3's minimum for all but the last part
         self._concurrency = max(1, options.concurrency)
-        self._conditional_writes = True  # cleared on the first 501 from the store
+        self.conditional_writes = True  # cleared on the first 501 from the store
         if bool(options.access_key_id) != bool(options.secret_access_key):
             raise Permanent(f"{self.url}: access key id and secret access key must be given together")
         try:
@@ -294,7 +294,7 @@ class S3Storage:
         writer between our HEAD and PUT is overwritten. The lease makes that window a
         misconfiguration (two writers) rather than a normal race.
         """
-        if self._conditional_writes:
+        if self.conditional_writes:
             try:
                 return self._put_object(key, bytes(data), **({"IfNoneMatch": "*"} if etag is None
                                                             else {"IfMatch": etag}))
@@ -303,7 +303,7 @@ class S3Storage:
             except _Unsupported:
                 log.warning("%s: store lacks conditional writes; falling back to a racy HEAD+PUT",
                             self.url)
-                self._conditional_writes = False
+                self.conditional_writes = False
         try:
             current = self.stat(key).etag
         except NotFound:
