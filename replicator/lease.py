@@ -71,27 +71,29 @@ def instance_owner(spool_dir: Path) -> str:
     """
     spool_dir = Path(spool_dir)
     path = spool_dir / INSTANCE_ID_FILE
-    instance_id = _read_instance_id(path)
+    text = _read_text(path)
+    instance_id = _parse_instance_id(text)
     if instance_id is None:
-        replace = os.path.lexists(path)
-        if replace:
+        if text is not None:
             log.warning("%s holds no valid instance id; writing a fresh one (a new lease owner: "
                         "a lease this replicator held must expire first)", path)
-        _publish_instance_id(path, secrets.token_hex(8), replace)
-        instance_id = _read_instance_id(path)
+        _publish_instance_id(path, secrets.token_hex(8), replace=text is not None)
+        instance_id = _parse_instance_id(_read_text(path))
         if instance_id is None:
             raise ReplicatorError(f"{path}: cannot keep an instance id there")
     db = spool_dir.with_name(spool_dir.name.removesuffix(_SPOOL_SUFFIX))
     return f"{socket.gethostname()}:{os.path.abspath(db)}:{instance_id}"
 
 
-def _read_instance_id(path: Path) -> str | None:
-    """The id kept in `path`; None if there is no file or it holds no id."""
+def _read_text(path: Path) -> bytes | None:
     try:
-        text = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         return None
-    match = _INSTANCE_ID.fullmatch(text.strip())
+
+
+def _parse_instance_id(text: bytes | None) -> str | None:
+    match = _INSTANCE_ID.fullmatch(text.strip()) if text is not None else None
     return match.group().decode() if match else None
 
 
