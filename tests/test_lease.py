@@ -275,11 +275,17 @@ class NoConditionalWrites:
         return getattr(self.inner, name)
 
 
-@pytest.fixture(params=["memory"])
-def connect(request) -> Callable[[], Storage]:
-    """connect() -> one more client of one shared store without conditional writes."""
-    shared = MemoryStorage()
-    return lambda: NoConditionalWrites(shared)
+@pytest.fixture(params=["memory", "s3-moto-501"])
+def connect(request, make_bucket) -> Callable[[], Storage]:
+    """connect() -> one more client of one shared store without conditional writes: a
+    wrapper, or S3Storage on moto answering 501 (each client learns it on its first try)."""
+    if request.param == "memory":
+        shared = MemoryStorage()
+        return lambda: NoConditionalWrites(shared)
+    from replicator.storage.s3 import S3Storage
+
+    options = make_bucket(request.getfixturevalue("moto_without_conditional_writes"))
+    return lambda: S3Storage(options)
 
 
 class Turns:
@@ -489,3 +495,64 @@ def test_a_store_that_refuses_its_first_conditional_write_gets_the_settle_protoc
 def test_the_settle_delay_must_fit_in_the_lease(connect) -> None:
     with pytest.raises(ValueError, match="twice the settle delay"):
         lease.acquire(connect(), "alpha", ttl_s=8, now=Clock(), settle_s=4)
+
+
+def test_over_http_two_contenders_that_both_read_before_either_writes_do_not_both_win(
+        moto_without_conditional_writes, make_bucket) -> None:
+    """Real HTTP to a store answering 501 to conditional PUTs. Whatever each contender
+    reads or checks first, its first unconditional PUT of lease.json is held until the
+    other's is on its way too, so both have read the lease free before either write lands.
+    The settle delay is modelled as what it stands for: every PUT sent has landed when it
+    is over."""
+    server = moto_without_conditional_writes
+    options = make_bucket(server, prefix="contended")
+    from replicator.storage.s3 import S3Storage
+
+    both_sent = threading.Barrier(2, timeout=10)
+    landed = threading.Condition()
+    puts = {"sent": 0, "landed": 0}
+
+    def around_put(environ: dict, forward: Callable[[], Any]) -> Any:
+        if environ["PATH_INFO"] != f"/{options.bucket}/contended/{lease.LEASE_KEY}":
+            return forward()
+        with landed:
+            puts["sent"] += 1
+            first_two = puts["sent"] <= 2
+        if first_two:
+            both_sent.wait()
+        try:
+            return forward()
+        finally:
+            with landed:
+                puts["landed"] += 1
+                landed.notify_all()
+
+    def settle(_s: float) -> None:
+        with landed:
+            assert landed.wait_for(lambda: puts["landed"] >= 2, timeout=10)
+
+    results: dict[str, Any] = {}
+
+    def run(who: str) -> None:
+        clock = Clock()
+        try:
+            results[who] = lease.acquire(S3Storage(options), who, ttl_s=60, now=clock,
+                                         monotonic=clock, sleep=settle, settle_s=SETTLE)
+        except Exception as err:  # noqa: BLE001 (inspected below)
+            results[who] = err
+
+    server.around_put = around_put
+    try:
+        threads = [threading.Thread(target=run, args=(w,)) for w in ("A", "B")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        server.around_put = None
+    winners = sorted(w for w, r in results.items() if isinstance(r, lease.Lease))
+    assert len(winners) == 1, results
+    (loser,) = {"A", "B"} - set(winners)
+    assert isinstance(results[loser], LeaseHeld) and f"held by {winners[0]} " in str(results[loser])
+    record = json.loads(S3Storage(options).get(lease.LEASE_KEY))
+    assert record["token"] == results[winners[0]].token
