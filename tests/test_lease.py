@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -556,3 +557,29 @@ def test_over_http_two_contenders_that_both_read_before_either_writes_do_not_bot
     assert isinstance(results[loser], LeaseHeld) and f"held by {winners[0]} " in str(results[loser])
     record = json.loads(S3Storage(options).get(lease.LEASE_KEY))
     assert record["token"] == results[winners[0]].token
+
+
+RECORD_FIELDS = {"owner", "token", "hostname", "pid", "acquired_at", "expires_at"}
+
+
+@pytest.mark.parametrize("server", ["moto_server", "moto_without_conditional_writes"])
+def test_lease_json_says_who_and_until_when_and_nothing_else(request, make_bucket, server: str) -> None:
+    """Anyone who can list the replica reads lease.json: it carries no credentials."""
+    from replicator.storage.s3 import S3Storage
+
+    options = dataclasses.replace(make_bucket(request.getfixturevalue(server)),  # moto takes any
+                                  access_key_id="AKIDLEASETEST0123", secret_access_key="lease-test-secret-4f1e")
+    store = S3Storage(options)
+    clock = Clock()
+    held = lease.acquire(store, "alpha", ttl_s=60, now=clock, sleep=clock.sleep, monotonic=clock,
+                         settle_s=SETTLE)
+    records = [store.get(lease.LEASE_KEY)]
+    clock.t += 40
+    held.renew()
+    records.append(store.get(lease.LEASE_KEY))
+    held._fence()  # the other record we write: a fence (normally after a slow write)
+    records.append(store.get(lease.LEASE_KEY))
+    assert json.loads(records[-1])["token"] == lease.FENCED
+    for raw in records:
+        assert set(json.loads(raw)) == RECORD_FIELDS
+        assert b"AKIDLEASETEST0123" not in raw and b"lease-test-secret-4f1e" not in raw
