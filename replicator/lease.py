@@ -227,21 +227,22 @@ class Lease:
         """A plain PUT of `mine` where the store has no conditional writes, then proof that
         it is ours: Fischer's mutual exclusion with the settle delay Δ = self.settle_s.
 
-        `read_at` is when (monotonic) the read that decided to write began. A write "lands
-        in time" if it was answered within Δ/2 of that. Then any contender's write that
-        could replace ours lands before our second read, Δ after our answer, and any
-        contender reading after ours landed sees it and stays out; so of contenders that
-        read the lease free, only the last to write finds its token at its second read.
-        Δ/2 on each side leaves the other half for clocks that disagree (a lease is live
-        until `expires_at` by the reader's clock).
+        `read_at` is when (monotonic) the read that decided to write began. A write is in
+        time if it was answered within Δ/2 of that (a PUT lands before its answer arrives).
+        The second read starts Δ after the answer. If two contenders both found their token
+        there, the one whose write landed later wrote after the other's second read (else
+        that read would have seen it), so its own read began after the other's write landed,
+        saw that live record and would have stayed out. Each writer checks its own Δ/2 with
+        its own monotonic clock; hosts' clocks only meet in `expires_at`, for which the
+        lease ttl (more than 2Δ) leaves room.
 
         `ours_until` (renewals only): the expiry of the record of ours that this one replaces.
         Nobody else writes while a proven record of ours is live, so a write answered more
-        than Δ before it expires is ours without waiting. An acquisition always waits: even
-        a record with our owner may be a crashed run's unproven claim, with a contender's
-        write still on its way.
+        than Δ before it expires (by our clock; hosts' clocks must agree within Δ) is ours
+        without waiting. An acquisition always waits: even a record with our owner may be a
+        crashed run's unproven claim, with a contender's write still on its way.
 
-        A write answered late (or failed late) may have landed after a contender proved its
+        A write answered late (or failing late) may have landed after a contender proved its
         claim, displacing it. Then nothing here may claim the lease, and a retry by our owner
         must not take the record back either: it is fenced (_fence) and Transient raised.
         """
