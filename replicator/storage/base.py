@@ -40,6 +40,10 @@ class Permanent(StorageError):
     """A failure retrying cannot fix: no such bucket, access denied, bad URL."""
 
 
+class Unsupported(Permanent):
+    """The store lacks what the call needs (S3 501 NotImplemented), e.g. conditional writes."""
+
+
 class Integrity(StorageError):
     """Bytes read back do not match what was written."""
 
@@ -61,11 +65,18 @@ class Storage(Protocol):
     put_if_absent: atomic create; raises AlreadyExists if the key exists.
     put_if_match: atomic replace only while the current etag matches (None: must not exist);
         raises PreconditionFailed otherwise. Returns the new etag.
+    conditional_writes: whether put_if_absent / put_if_match are atomic here. A backend
+        without atomic compare-and-swap (an S3 clone answering 501 to If-Match) raises
+        Unsupported from both and writes nothing: it never emulates them with a read then
+        a write, which two writers can both pass. S3 learns this from the store's first
+        answer, so the attribute may turn False after a call. Callers that need mutual
+        exclusion there use a protocol without CAS (lease.py's settle delay).
     open: a stream of the object's bytes (optionally from `offset` for `length` bytes).
     list: every key under `prefix`, in lexical order, after `start_after` if given.
     """
 
     url: str
+    conditional_writes: bool
 
     def put(self, key: str, data: bytes | BinaryIO) -> None: ...
 

@@ -53,6 +53,8 @@ def _translate(err: OSError, what: str) -> StorageError:
 class FileStorage:
     """Objects as files under `root`; keys map to relative paths."""
 
+    conditional_writes = True  # link(2) and an flock'd compare-and-swap (local filesystems)
+
     def __init__(self, root: str | os.PathLike, url: str | None = None, durable: bool = True):
         """durable=False skips fsyncs; the owner must call sync() before relying on the data
         surviving a power loss (the spool does, before each checkpoint)."""

@@ -17,6 +17,8 @@ def _read_all(data: bytes | BinaryIO) -> bytes:
 class MemoryStorage:
     """A dict of immutable byte strings; safe to share between threads."""
 
+    conditional_writes = True  # under one lock
+
     def __init__(self, url: str = "memory://"):
         self.url = url
         self._objects: dict[str, bytes] = {}

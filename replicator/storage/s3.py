@@ -33,6 +33,7 @@ from .base import (
     StorageError,
     Throttled,
     Transient,
+    Unsupported,
 )
 
 log = logging.getLogger(__name__)
@@ -58,10 +59,6 @@ _UNSUPPORTED = {"NotImplemented", "501"}
 _NETWORK_ERRORS = (urllib3.exceptions.HTTPError, http.client.HTTPException, ConnectionError, TimeoutError)
 
 
-class _Unsupported(Permanent):
-    """The store rejects a feature (501 NotImplemented); conditional writes fall back on it."""
-
-
 def _classify(code: str, status: int | None) -> tuple[type[StorageError], str, bool]:
     """(error class, short reason, whether it concerns the whole bucket) for a code/status."""
     tag = f"{code}, HTTP {status}" if status and code != str(status) else code or f"HTTP {status}"
@@ -74,7 +71,7 @@ def _classify(code: str, status: int | None) -> tuple[type[StorageError], str, b
     if code in _AUTH or status == 403:
         return Permanent, f"access denied ({tag}); check credentials, region and bucket policy", True
     if code in _UNSUPPORTED or status == 501:
-        return _Unsupported, f"not supported by this store ({tag})", False
+        return Unsupported, f"not supported by this store ({tag})", False
     if code in _THROTTLE or status in (429, 503):
         return Throttled, f"throttled by the store ({tag})", False
     if code in _TRANSIENT or (status is not None and status >= 500):
@@ -140,7 +137,7 @@ class S3Storage:
         self.url = f"s3://{options.bucket}/{options.prefix.strip('/')}".rstrip("/")
         self._part_size = max(options.part_size, 5 << 20)  # S3's minimum for all but the last part
         self._concurrency = max(1, options.concurrency)
-        self._conditional_writes = True  # cleared on the first 501 from the store
+        self.conditional_writes = True  # until the store answers a conditional PUT with 501
         if bool(options.access_key_id) != bool(options.secret_access_key):
             raise Permanent(f"{self.url}: access key id and secret access key must be given together")
         try:
@@ -290,27 +287,22 @@ class S3Storage:
     def put_if_match(self, key: str, data: bytes, etag: str | None) -> str:
         """Conditional PUT (If-None-Match: * / If-Match: etag), atomic on AWS S3 and most clones.
 
-        Stores answering 501 get a HEAD-compare-then-PUT fallback, which is NOT atomic: a
-        writer between our HEAD and PUT is overwritten. The lease makes that window a
-        misconfiguration (two writers) rather than a normal race.
+        A store answering 501 has no conditional writes: that is remembered
+        (`conditional_writes` False) and Unsupported raised, then and on every later call,
+        without a request. Nothing emulates the condition with a HEAD before the PUT: two
+        writers could both pass it.
         """
-        if self._conditional_writes:
-            try:
-                return self._put_object(key, bytes(data), **({"IfNoneMatch": "*"} if etag is None
-                                                            else {"IfMatch": etag}))
-            except NotFound:  # AWS answers If-Match on a missing key with 404 NoSuchKey
-                raise PreconditionFailed(f"{self._where(key)} changed concurrently (now absent)") from None
-            except _Unsupported:
-                log.warning("%s: store lacks conditional writes; falling back to a racy HEAD+PUT",
-                            self.url)
-                self._conditional_writes = False
+        if not self.conditional_writes:
+            raise Unsupported(f"{self._where(key)}: the store has no conditional writes")
         try:
-            current = self.stat(key).etag
-        except NotFound:
-            current = None
-        if current != etag:
-            raise PreconditionFailed(f"{self._where(key)} changed concurrently")
-        return self._put_object(key, bytes(data))
+            return self._put_object(key, bytes(data), **({"IfNoneMatch": "*"} if etag is None
+                                                        else {"IfMatch": etag}))
+        except NotFound:  # AWS answers If-Match on a missing key with 404 NoSuchKey
+            raise PreconditionFailed(f"{self._where(key)} changed concurrently (now absent)") from None
+        except Unsupported:
+            log.warning("%s: the store has no conditional writes (501 to If-Match/If-None-Match)", self.url)
+            self.conditional_writes = False
+            raise
 
     # -- reads -----------------------------------------------------------------------------
 
