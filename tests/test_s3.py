@@ -274,3 +274,26 @@ def test_only_storage_imports_boto() -> None:
                  if p.parent.name != "storage" and re.search(r"^\s*(import|from)\s+(boto3|botocore)",
                                                              p.read_text(), re.M)]
     assert offenders == []
+
+
+def test_read_timeout_comes_from_the_environment_when_set(monkeypatch) -> None:
+    from replicator.storage import s3
+
+    opts = unreachable_options(1)
+    monkeypatch.delenv(s3.READ_TIMEOUT_ENV, raising=False)
+    assert S3Storage(opts)._client.meta.config.read_timeout == s3.READ_TIMEOUT_S
+    for raw, seconds in (("1.5", 1.5), ("250ms", 0.25), ("2m", 120.0), ("  ", s3.READ_TIMEOUT_S)):
+        monkeypatch.setenv(s3.READ_TIMEOUT_ENV, raw)
+        assert S3Storage(opts)._client.meta.config.read_timeout == seconds, raw
+
+
+@pytest.mark.parametrize("raw", ["soon", "0", "0s", "-1", "1 s", "nan", "inf"])
+def test_bad_read_timeout_is_a_config_error_naming_the_variable(monkeypatch, raw: str) -> None:
+    from replicator.errors import ConfigError
+    from replicator.storage import s3
+
+    monkeypatch.setenv(s3.READ_TIMEOUT_ENV, raw)
+    with pytest.raises(ConfigError) as info:
+        S3Storage(unreachable_options(1))
+    assert str(info.value).startswith(f"{s3.READ_TIMEOUT_ENV}: expected a positive duration")
+    assert repr(raw) in str(info.value) and "\n" not in str(info.value)
