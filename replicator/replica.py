@@ -66,6 +66,9 @@ class Shipper:
         self.recovered = False
         # generation -> (newest snapshot's size, bytes of segments after it), from recover()
         self.history: dict[str, tuple[int, int]] = {}
+        # The run of spooled segments whose upload last failed: the next round sends exactly
+        # that object again (see _put_segments), so our retries never leave overlapping ones.
+        self._unconfirmed: list[SegmentInfo] | None = None
 
     # -- state ---------------------------------------------------------------------
 
@@ -221,20 +224,44 @@ class Shipper:
                 self._mark(info)
                 i += 1
             else:
-                # A consecutive run becomes one object: one PUT (and fsync) per round, so a
-                # replica slower than the commit rate catches up instead of falling behind.
-                run, size = [info], info.size
-                while (i + len(run) < len(todo) and isinstance(todo[i + len(run)], SegmentInfo)
-                       and todo[i + len(run)].generation == info.generation
-                       and todo[i + len(run)].first_txid == run[-1].last_txid + 1
-                       and size + todo[i + len(run)].size <= MAX_MERGED_BYTES):
-                    run.append(todo[i + len(run)])
-                    size += run[-1].size
+                run = self._unconfirmed_at(todo, i) or self._merge_run(todo, i)
                 self._put_segments(run)
                 i += len(run)
             self.on_ack()
 
+    @staticmethod
+    def _merge_run(todo: list[SnapshotInfo | SegmentInfo], i: int) -> list[SegmentInfo]:
+        """The consecutive segments from todo[i], up to MAX_MERGED_BYTES: one PUT (and fsync)
+        per round, so a replica slower than the commit rate catches up instead of falling behind."""
+        first = todo[i]
+        assert isinstance(first, SegmentInfo)
+        run, size = [first], first.size
+        for nxt in todo[i + 1:]:
+            if not (isinstance(nxt, SegmentInfo) and nxt.generation == first.generation
+                    and nxt.first_txid == run[-1].last_txid + 1 and size + nxt.size <= MAX_MERGED_BYTES):
+                break
+            run.append(nxt)
+            size += nxt.size
+        return run
+
+    def _unconfirmed_at(self, todo: list[SnapshotInfo | SegmentInfo], i: int) -> list[SegmentInfo] | None:
+        """The run whose upload failed last, if todo[i] starts it (it is still pending, whole)."""
+        run = self._unconfirmed
+        if run is None or todo[i].key != run[0].key:
+            return None
+        if todo[i:i + len(run)] != run:  # cannot happen while the spool keeps what is unacknowledged
+            log.warning("replica %s: the run of a failed upload is no longer spooled whole; "
+                        "merging afresh", self.cfg.name)
+            self._unconfirmed = None
+            return None
+        return run
+
     def _put_segments(self, run: list[SegmentInfo]) -> None:
+        """Upload a run as one object. A PUT that failed may still have landed (a timeout or
+        reset after the store took it; even a 5xx), and which ones did cannot be told apart:
+        so until it succeeds the run is remembered and sent again as the same key with the
+        same bytes, instead of being merged into a longer run that would overlap it."""
+        self._unconfirmed = run
         datas = [self.spool.get(s.key) for s in run]
         if len(run) == 1:
             key, data = run[0].key, datas[0]
@@ -244,6 +271,7 @@ class Shipper:
             key = layout.segment_key(run[0].generation, h.first_txid, h.last_txid,
                                      h.first_time_ns, h.last_time_ns)
         self.storage.put(key, data)
+        self._unconfirmed = None
         merged = layout.parse_key(key, len(data))
         assert isinstance(merged, SegmentInfo)
         self._mark(merged)

@@ -204,6 +204,34 @@ def test_recovers_what_the_replica_holds_from_one_list_at_start(replica_storage,
 # -- failures ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("landed", [True, False], ids=["landed", "lost"])
+def test_a_failed_put_is_retried_as_the_same_object(replica_storage, spool, landed: bool) -> None:
+    """A PUT that timed out may have landed: the next round sends that very object again
+    instead of merging a longer run, which would leave two objects holding txids 2-3."""
+    storage = Failing(replica_storage)
+    spool_snapshot(spool, 1)
+    spool_segment(spool, 2, 2)
+    spool_segment(spool, 3, 3)
+    shipper = make_shipper(storage, spool)
+    shipper.recover()
+    storage.fail("put", Transient("timed out talking to the store"), times=2, landed=landed,
+                 key="/segments/")
+    with pytest.raises(Transient):
+        shipper.ship_pending()  # replica.json and the snapshot ship; the merged 2-3 times out
+    (failed_key, failed_bytes) = storage.puts[-1]
+    spool_segment(spool, 4, 4)  # more commits arrive while the store is away
+    spool_segment(spool, 5, 5)
+    with pytest.raises(Transient):
+        shipper.ship_pending()
+    assert storage.puts[-1] == (failed_key, failed_bytes), "the retry was not the same object"
+    shipper.ship_pending()
+    retries = [p for p in storage.puts if p[0] == failed_key]
+    assert len(retries) == 3 and all(p == retries[0] for p in retries)
+    assert segments(replica_storage) == [(2, 3), (4, 5)]  # the rest still merged into one
+    assert_no_overlap(replica_storage)
+    assert shipper.pending() == []
+
+
 @pytest.mark.parametrize("error", [Transient("store unreachable")], ids=["transient"])
 def test_stop_while_failing_returns_promptly_and_keeps_the_spool(replica_storage, spool, error,
                                                                  monkeypatch) -> None:
