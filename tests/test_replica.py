@@ -7,6 +7,7 @@ come from `Failing`, an in-process wrapper that breaks the calls a test asks it 
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -232,7 +233,37 @@ def test_a_failed_put_is_retried_as_the_same_object(replica_storage, spool, land
     assert shipper.pending() == []
 
 
-@pytest.mark.parametrize("error", [Transient("store unreachable")], ids=["transient"])
+def test_an_unexpected_exception_does_not_kill_the_thread(replica_storage, spool, fast_retries,
+                                                          caplog) -> None:
+    storage = Failing(replica_storage)
+    spool_snapshot(spool, 1)
+    shipper = make_shipper(storage, spool)
+    shipper.recover()
+    storage.fail("put", RuntimeError("a bug in a wrapper"), times=1000, key="/snapshots/")
+    with caplog.at_level(logging.WARNING, logger="replicator.replica"):
+        shipper.start()
+        shipper.wake.set()
+        wait_for(lambda: storage.raised >= 3, 10, "several rounds failing with the bug")
+        assert shipper._thread is not None and shipper._thread.is_alive()
+        wait_for(lambda: shipper.consecutive_failures >= 2, 10, "the failures counted")
+        assert shipper.last_error == "RuntimeError: a bug in a wrapper"
+        assert shipper.last_error_kind == "internal" and shipper.last_upload_at is None
+        storage.heal()
+        wait_for(lambda: not shipper.pending(), 10, "the snapshot shipped once the bug is gone")
+        wait_for(lambda: shipper.last_error is None, 10, "the error to clear")
+        assert shipper.consecutive_failures == 0 and shipper.last_error_kind is None
+        assert shipper.last_upload_at is not None and shipper.last_upload_at <= time.time()
+        spool_segment(spool, 2, 2)  # and it keeps shipping
+        shipper.wake.set()
+        wait_for(lambda: not shipper.pending(), 10, "a later segment shipped")
+        assert shipper.stop(5)
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    assert len(tracebacks) == 1, "logged once with its traceback, not once per round"
+    assert "a bug in a wrapper" in caplog.text and tracebacks[0].exc_info[0] is RuntimeError
+
+
+@pytest.mark.parametrize("error", [Transient("store unreachable"), RuntimeError("a bug")],
+                         ids=["transient", "unexpected"])
 def test_stop_while_failing_returns_promptly_and_keeps_the_spool(replica_storage, spool, error,
                                                                  monkeypatch) -> None:
     monkeypatch.setattr(replica, "RETRY_DELAY_S", (5.0, 5.0))  # stop must cut the backoff short
@@ -243,7 +274,8 @@ def test_stop_while_failing_returns_promptly_and_keeps_the_spool(replica_storage
     storage.fail("put", error, times=1000, key="/snapshots/")
     shipper.start()
     shipper.wake.set()
-    wait_for(lambda: storage.raised >= 1, 10, "a failed round")
+    wait_for(lambda: shipper.consecutive_failures >= 1, 10, "a failed round")
+    assert shipper.last_error_kind == ("transient" if isinstance(error, Transient) else "internal")
     started = time.monotonic()
     assert shipper.stop(30) is False
     assert time.monotonic() - started < 2
