@@ -100,6 +100,7 @@ class Injected:
     method: str
     target: str
     forwarded: bool
+    code: str | None = None  # ERROR: the S3 error code answered
 
 
 class FaultProxy:
@@ -173,7 +174,8 @@ class FaultProxy:
 
     def _record(self, rule: Rule, method: str, target: str, forwarded: bool) -> None:
         with self._lock:
-            self.injected.append(Injected(rule.kind, method, target, forwarded))
+            self.injected.append(Injected(rule.kind, method, target, forwarded,
+                                          rule.code if rule.kind == ERROR else None))
 
 
 class _Server(socketserver.ThreadingTCPServer):
@@ -189,7 +191,10 @@ class _Server(socketserver.ThreadingTCPServer):
 
     def track(self, sock: socket.socket, alive: bool) -> None:
         with self._conns_lock:
-            (self._conns.add if alive else self._conns.discard)(sock)
+            if alive:
+                self._conns.add(sock)
+            else:
+                self._conns.discard(sock)
 
     def drop_connections(self) -> None:
         """Wake handlers blocked reading the next request of a kept-alive connection."""

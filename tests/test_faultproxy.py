@@ -73,7 +73,7 @@ def test_error_is_an_s3_xml_answer_and_never_reaches_the_server(s3, code: str, s
     assert info.value.response["Error"]["Code"] == code
     assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == status
     assert not exists(direct, bucket, "k")
-    assert proxy.injected == [Injected(ERROR, "PUT", f"/{bucket}/k", forwarded=False)]
+    assert proxy.injected == [Injected(ERROR, "PUT", f"/{bucket}/k", forwarded=False, code=code)]
     via.put_object(Bucket=bucket, Key="k", Body=b"x" * 1000)  # times=1: the next one passes
     assert exists(direct, bucket, "k") and proxy.faults(ERROR, "PUT") == 1
 

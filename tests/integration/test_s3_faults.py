@@ -41,7 +41,9 @@ class Fault:
     """What the proxy breaks, and when: `starting` faults are on before the replicator
     starts (its lease GET and listing); the others from a moment into the writer's run. They
     stay on until `faults` were injected, and for `failed_round` also until a whole round
-    (recovery or upload, with every retry) failed and the next one began."""
+    (recovery or upload, with every retry) failed and the next one began. Each entry of
+    `rules` is one proxy rule's extra options (checked in order: a seeded fraction first
+    leaves the rest to the next)."""
 
     kind: str
     method: str
@@ -49,19 +51,20 @@ class Fault:
     faults: int = 3
     failed_round: bool = False
     starting: bool = False
-    options: tuple[tuple[str, object], ...] = ()
+    rules: tuple[dict, ...] = ({},)
 
 
 CASES = {
-    "internal-error-put": Fault(ERROR, "PUT", "/segments/", faults=25, failed_round=True),
-    "slow-down-put": Fault(ERROR, "PUT", None, faults=4, options=(("code", "SlowDown"),)),
+    "server-errors-put": Fault(ERROR, "PUT", "/segments/", faults=25, failed_round=True, rules=(
+        {"code": "InternalError", "fraction": 0.5, "seed": 1}, {"code": "ServiceUnavailable"})),
+    "slow-down-put": Fault(ERROR, "PUT", None, faults=4, rules=({"code": "SlowDown"},)),
     "reset-upload-put": Fault(RESET_UPLOAD, "PUT", "/segments/", faults=25, failed_round=True),
     # The ambiguous ones: the server stored the object, the client saw a failure.
     "reset-download-put": Fault(RESET_DOWNLOAD, "PUT", "/segments/", faults=25, failed_round=True),
-    "stall-put": Fault(STALL, "PUT", "/segments/", faults=3, options=(("stall_s", 3.0),)),
+    "stall-put": Fault(STALL, "PUT", "/segments/", faults=3, rules=({"stall_s": 3.0},)),
     "reset-download-get": Fault(RESET_DOWNLOAD, "GET", None, faults=25, failed_round=True, starting=True),
     "truncate-list": Fault(TRUNCATE, "GET", "list-type=2", faults=25, failed_round=True, starting=True),
-    "stall-list": Fault(STALL, "GET", "list-type=2", faults=2, starting=True, options=(("stall_s", 3.0),)),
+    "stall-list": Fault(STALL, "GET", "list-type=2", faults=2, starting=True, rules=({"stall_s": 3.0},)),
 }
 SEAWEEDFS_CASES = ("reset-download-put", "stall-put", "truncate-list")
 
@@ -119,7 +122,8 @@ def test_faults_are_ridden_out_and_the_replica_is_exact(request, tmp_path: Path,
     env = {**server.env, "AWS_ENDPOINT_URL_S3": proxy.url, "REPLICATOR_S3_READ_TIMEOUT": READ_TIMEOUT}
 
     def inject() -> None:
-        proxy.inject(fault.kind, method=fault.method, path=fault.path, **dict(fault.options))
+        for options in fault.rules:
+            proxy.inject(fault.kind, method=fault.method, path=fault.path, **options)
 
     def enough_faults() -> bool:
         if proxy.faults(fault.kind) < fault.faults:
@@ -145,7 +149,6 @@ def test_faults_are_ridden_out_and_the_replica_is_exact(request, tmp_path: Path,
     wait_for(enough_faults, 60, f"{fault.faults} {fault.kind} faults")
     proxy.clear()
     wait_started(log)
-    during = proxy.faults(fault.kind)
     assert rep.poll() is None, "the replicator exited during the faults:\n" + log.read_text()[-3000:]
     assert writer.wait(60) == 0
     assert rep.poll() is None, log.read_text()[-3000:]
@@ -154,11 +157,14 @@ def test_faults_are_ridden_out_and_the_replica_is_exact(request, tmp_path: Path,
     assert "Traceback" not in text, text[-3000:]
 
     # The faults really happened, to the requests meant.
-    assert proxy.faults(fault.kind, fault.method) == proxy.faults() == during >= fault.faults
+    injected = proxy.faults()
+    assert injected >= fault.faults and proxy.faults(fault.kind, fault.method) == injected
     assert all(f.method == fault.method and (fault.path or "") in f.target for f in proxy.injected)
-    assert proxy.requests[fault.method] > during
-    if fault.kind in (RESET_DOWNLOAD, TRUNCATE) or (fault.kind == STALL and dict(fault.options).get("forward", True)):
+    assert proxy.requests[fault.method] > injected  # and the same requests went through later
+    if fault.kind in (RESET_DOWNLOAD, TRUNCATE, STALL):
         assert all(f.forwarded for f in proxy.injected)  # the server acted, the client never knew
+    codes = {options["code"] for options in fault.rules if "code" in options}
+    assert {f.code for f in proxy.injected if f.code} == codes
 
     storage = s3_storage(opts)
     gen = assert_history_is_one_unbroken_run(layout.parse_listing(storage.list(layout.GENERATIONS)))
