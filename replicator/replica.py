@@ -193,6 +193,8 @@ class Shipper:
             self._hurry.clear()
             self._rounds += 1
             self._log_requests()
+            if self.stopping.is_set():
+                break  # stop() may have set _hurry just before the clear above
             if not retrying:  # at most one round per interval (a few ms for "at once")
                 self._hurry.wait(max(self.cfg.sync_interval_s, MIN_ROUND_INTERVAL_S))
 

@@ -103,10 +103,10 @@ class Failing:
 
 
 def make_shipper(storage: Storage, spool: Storage, sync_interval_s: float = 0.0,
-                 acks: list[int] | None = None) -> Shipper:
+                 acks: list[int] | None = None, on_ack: Callable[[], Any] | None = None) -> Shipper:
     cfg = ReplicaConfig(name="r", url=storage.url, type="file", sync_interval_s=sync_interval_s)
     return Shipper(cfg, storage, spool, "/data/app.db",
-                   on_ack=lambda: acks.append(1) if acks is not None else None)
+                   on_ack=on_ack or (lambda: acks.append(1) if acks is not None else None))
 
 
 @pytest.fixture(params=["memory", "file"])
@@ -298,3 +298,22 @@ def test_stop_drains_the_spool(replica_storage, spool) -> None:
     assert segments(replica_storage) == [(2, 5)] and shipper.pending() == []
     assert not shipper._thread.is_alive()
     assert layout.LEASE not in [o.key for o in replica_storage.list()], "the lease is released"
+
+
+def test_stop_is_prompt_when_it_comes_as_a_round_ends(replica_storage, spool) -> None:
+    """stop() sees nothing pending once the last object is marked, and may wake the thread
+    before that round has finished: the wake-up must not be lost to a sync interval wait."""
+    spool_snapshot(spool, 1)
+    holder: list[Shipper] = []
+    # The round's ack waits for stop() to have signalled: that ordering is the point here.
+    shipper = make_shipper(replica_storage, spool, sync_interval_s=60,
+                           on_ack=lambda: holder[0].stopping.wait(10))
+    holder.append(shipper)
+    shipper.recover()
+    shipper.start()
+    shipper.wake.set()
+    wait_for(lambda: not shipper.pending(), 10, "the snapshot marked as shipped")
+    started = time.monotonic()
+    assert shipper.stop(10) is True
+    assert time.monotonic() - started < 2, "stop() waited out the sync interval"
+    assert not shipper._thread.is_alive()
