@@ -134,27 +134,37 @@ def test_faults_are_ridden_out_and_the_replica_is_exact(request, tmp_path: Path,
         text = log.read_text(errors="replace")
         return OUTAGE_LINE in text and proxy.faults(fault.kind) >= fault.faults + 2
 
-    writer = start_writer(db, OPS, seed, "--pause-every", "10", "--pause-ms", "100")
+    def writer_to(ops: int):
+        return start_writer(db, ops, seed, "--pause-every", "10", "--pause-ms", "100")
+
+    replicate = ["replicate", str(db), f"s3://{opts.bucket}/{opts.prefix}"]
     if fault.starting:
-        # Recovery runs before the daemon reports that it started: do not wait for that line.
+        writer = writer_to(OPS // 2)
         inject()
-        rep = start_replicator(["replicate", str(db), f"s3://{opts.bucket}/{opts.prefix}"], log, env=env)
+        # Recovery runs before the daemon reports that it started: do not wait for that line.
+        rep = start_replicator(replicate, log, env=env)
+        wait_for(enough_faults, 60, f"{fault.faults} {fault.kind} faults")
+        proxy.clear()
+        wait_started(log)
+        assert writer.wait(60) == 0
+        writer = writer_to(OPS)  # resumes: the second half is shipped as segments for sure
     else:
-        rep = start_replicator(["replicate", str(db), f"s3://{opts.bucket}/{opts.prefix}"], log, env=env)
+        writer = writer_to(OPS)
+        rep = start_replicator(replicate, log, env=env)
         wait_started(log)
         wait_for(lambda: has_snapshot(server, opts), 30, "the first snapshot in the bucket")
         oracle = Path(str(db) + ".oracle")
         wait_for(lambda: oracle.exists() and len(read_oracle(db)) >= 40, 30, "the writer under way")
         inject()
-    wait_for(enough_faults, 60, f"{fault.faults} {fault.kind} faults")
-    proxy.clear()
-    wait_started(log)
+        wait_for(enough_faults, 60, f"{fault.faults} {fault.kind} faults")
+        proxy.clear()
     assert rep.poll() is None, "the replicator exited during the faults:\n" + log.read_text()[-3000:]
     assert writer.wait(60) == 0
     assert rep.poll() is None, log.read_text()[-3000:]
     assert stop(rep) == 0, log.read_text()[-3000:]
     text = log.read_text(errors="replace")
     assert "Traceback" not in text, text[-3000:]
+    assert server.secret_key not in text, "a credential leaked into the log"
 
     # The faults really happened, to the requests meant.
     injected = proxy.faults()
