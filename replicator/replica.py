@@ -4,6 +4,7 @@ Positions live in memory (recovered from one LIST at start); the steady state ne
 With a sync interval, consecutive spooled segments are merged into one object per interval
 (concatenated zstd frames: no recompression), so PUTs are bounded by the interval, not the
 write rate. Failures keep everything in the spool; the outage is logged once per interval.
+Any exception, a bug included, fails the round (retried with backoff), never the thread.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from . import layout, lease, segment
 from .config import ReplicaConfig
 from .errors import LeaseHeld
 from .layout import SegmentInfo, SnapshotInfo
-from .storage import Storage, StorageError, Transient
+from .storage import Storage, StorageError, Throttled, Transient
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,13 @@ LEASE_TTL_S = 600.0  # long: renewed only alongside uploads, so an idle replica 
 
 
 class Shipper:
-    """One replica's uploader thread."""
+    """One replica's uploader thread.
+
+    Its state for operators (plain attributes, read without the lock): `last_error` and
+    `last_error_kind` (None while healthy; the kind is transient, throttled, permanent,
+    lease or internal), `consecutive_failures` (failed rounds since the last good one) and
+    `last_upload_at` (wall-clock time of the last object stored, None before the first).
+    """
 
     def __init__(self, cfg: ReplicaConfig, storage: Storage, spool_objects: Storage,
                  db_name: str, on_ack: Callable[[], None],
@@ -53,9 +60,13 @@ class Shipper:
         self.segments_upto: dict[str, int] = {}  # generation -> highest txid present remotely
         self.snapshot_times: dict[str, int] = {}  # generation -> newest snapshot time (ns)
         self.last_error: str | None = None
+        self.last_error_kind: str | None = None
+        self.consecutive_failures = 0
+        self.last_upload_at: float | None = None
         self.shipped_txid = 0
         self.shipped_generation: str | None = None
         self._outage_logged = -1e18
+        self._bug_logged = -1e18
         self._thread: threading.Thread | None = None
         self._meta_written = False
         self._requests_logged = clock()
@@ -66,6 +77,9 @@ class Shipper:
         self.recovered = False
         # generation -> (newest snapshot's size, bytes of segments after it), from recover()
         self.history: dict[str, tuple[int, int]] = {}
+        # The run of spooled segments whose upload last failed: the next round sends exactly
+        # that object again (see _put_segments), so our retries never leave overlapping ones.
+        self._unconfirmed: list[SegmentInfo] | None = None
 
     # -- state ---------------------------------------------------------------------
 
@@ -114,6 +128,7 @@ class Shipper:
                                                           info.last_txid)
                 txid = info.last_txid
             self.shipped_generation, self.shipped_txid = info.generation, txid
+            self.last_upload_at = time.time()
 
     # -- thread --------------------------------------------------------------------
 
@@ -164,27 +179,44 @@ class Shipper:
             self.wake.clear()
             try:
                 self.ship_pending()
-                if self.last_error is not None:
-                    log.info("replica %s reachable; caught up", self.storage.url)
-                self.last_error, retrying, delay = None, False, RETRY_DELAY_S[0]
-            except (StorageError, LeaseHeld) as err:
+            except Exception as err:  # noqa: BLE001 - a bug too must not end the thread quietly
+                # The spool keeps everything meanwhile; a thread that died would leave this
+                # replica silently behind for good while the spool grows.
                 self._note_failure(err)
                 # Not `wake`: WAL events would cut the backoff short during an outage.
                 self._hurry.wait(delay)
                 delay, retrying = min(RETRY_DELAY_S[1], delay * 2), True
+            else:
+                if self.last_error is not None:
+                    log.info("replica %s reachable; caught up", self.storage.url)
+                self.last_error = self.last_error_kind = None
+                self.consecutive_failures, retrying, delay = 0, False, RETRY_DELAY_S[0]
             self._hurry.clear()
             self._rounds += 1
             self._log_requests()
+            if self.stopping.is_set():
+                break  # stop() may have set _hurry just before the clear above
             if not retrying:  # at most one round per interval (a few ms for "at once")
                 self._hurry.wait(max(self.cfg.sync_interval_s, MIN_ROUND_INTERVAL_S))
 
-    def _note_failure(self, err: StorageError | LeaseHeld) -> None:
-        self.last_error = str(err)
+    def _note_failure(self, err: Exception) -> None:
+        """Record a failed round; log it at most once per OUTAGE_LOG_INTERVAL_S (a bug with
+        its traceback, on a timer of its own so that an outage does not hide it)."""
+        self.last_error_kind = _error_kind(err)
+        self.consecutive_failures += 1
         now = self.clock()
-        if now - self._outage_logged >= OUTAGE_LOG_INTERVAL_S:
-            kind = "unreachable" if isinstance(err, Transient) else "failing"
-            log.warning("replica %s %s, keeping data in the spool: %s", self.storage.url, kind, err)
-            self._outage_logged = now
+        if self.last_error_kind != "internal":
+            self.last_error = str(err)
+            if now - self._outage_logged >= OUTAGE_LOG_INTERVAL_S:
+                kind = "unreachable" if isinstance(err, Transient) else "failing"
+                log.warning("replica %s %s, keeping data in the spool: %s", self.storage.url, kind, err)
+                self._outage_logged = now
+            return
+        self.last_error = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+        if now - self._bug_logged >= OUTAGE_LOG_INTERVAL_S:
+            log.exception("replica %s: unexpected error while shipping (a bug); keeping data in "
+                          "the spool and retrying: %s", self.storage.url, self.last_error)
+            self._bug_logged = now
 
     def _log_requests(self) -> None:
         now = self.clock()
@@ -222,20 +254,44 @@ class Shipper:
                 self._mark(info)
                 i += 1
             else:
-                # A consecutive run becomes one object: one PUT (and fsync) per round, so a
-                # replica slower than the commit rate catches up instead of falling behind.
-                run, size = [info], info.size
-                while (i + len(run) < len(todo) and isinstance(todo[i + len(run)], SegmentInfo)
-                       and todo[i + len(run)].generation == info.generation
-                       and todo[i + len(run)].first_txid == run[-1].last_txid + 1
-                       and size + todo[i + len(run)].size <= MAX_MERGED_BYTES):
-                    run.append(todo[i + len(run)])
-                    size += run[-1].size
+                run = self._unconfirmed_at(todo, i) or self._merge_run(todo, i)
                 self._put_segments(run)
                 i += len(run)
             self.on_ack()
 
+    @staticmethod
+    def _merge_run(todo: list[SnapshotInfo | SegmentInfo], i: int) -> list[SegmentInfo]:
+        """The consecutive segments from todo[i], up to MAX_MERGED_BYTES: one PUT (and fsync)
+        per round, so a replica slower than the commit rate catches up instead of falling behind."""
+        first = todo[i]
+        assert isinstance(first, SegmentInfo)
+        run, size = [first], first.size
+        for nxt in todo[i + 1:]:
+            if not (isinstance(nxt, SegmentInfo) and nxt.generation == first.generation
+                    and nxt.first_txid == run[-1].last_txid + 1 and size + nxt.size <= MAX_MERGED_BYTES):
+                break
+            run.append(nxt)
+            size += nxt.size
+        return run
+
+    def _unconfirmed_at(self, todo: list[SnapshotInfo | SegmentInfo], i: int) -> list[SegmentInfo] | None:
+        """The run whose upload failed last, if todo[i] starts it (it is still pending, whole)."""
+        run = self._unconfirmed
+        if run is None or todo[i].key != run[0].key:
+            return None
+        if todo[i:i + len(run)] != run:  # cannot happen while the spool keeps what is unacknowledged
+            log.warning("replica %s: the run of a failed upload is no longer spooled whole; "
+                        "merging afresh", self.cfg.name)
+            self._unconfirmed = None
+            return None
+        return run
+
     def _put_segments(self, run: list[SegmentInfo]) -> None:
+        """Upload a run as one object. A PUT that failed may still have landed (a timeout or
+        reset after the store took it; even a 5xx), and which ones did cannot be told apart:
+        so until it succeeds the run is remembered and sent again as the same key with the
+        same bytes, instead of being merged into a longer run that would overlap it."""
+        self._unconfirmed = run
         datas = [self.spool.get(s.key) for s in run]
         if len(run) == 1:
             key, data = run[0].key, datas[0]
@@ -245,6 +301,7 @@ class Shipper:
             key = layout.segment_key(run[0].generation, h.first_txid, h.last_txid,
                                      h.first_time_ns, h.last_time_ns)
         self.storage.put(key, data)
+        self._unconfirmed = None
         merged = layout.parse_key(key, len(data))
         assert isinstance(merged, SegmentInfo)
         self._mark(merged)
@@ -260,6 +317,18 @@ class Shipper:
             meta = {"format_version": segment.FORMAT_VERSION, "db": os.path.basename(self.db_name)}
             self.storage.put(layout.REPLICA_META, json.dumps(meta).encode())
         self._meta_written = True
+
+
+def _error_kind(err: Exception) -> str:
+    if isinstance(err, Throttled):
+        return "throttled"
+    if isinstance(err, Transient):
+        return "transient"
+    if isinstance(err, LeaseHeld):
+        return "lease"
+    if isinstance(err, StorageError):
+        return "permanent"
+    return "internal"
 
 
 def _order(info: SnapshotInfo | SegmentInfo) -> tuple[str, int, int]:

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import pytest
 
+from faultproxy import FaultProxy
 from replicator.config import S3Options
 from s3servers import MotoWithoutConditionalWrites, S3Server, SeaweedFS
 
@@ -74,3 +75,17 @@ def make_bucket() -> Callable[..., S3Options]:
     return make
 
 
+
+
+@pytest.fixture
+def fault_proxy() -> Any:
+    """fault_proxy(server) -> a FaultProxy in front of it (closed after the test)."""
+    proxies: list[FaultProxy] = []
+
+    def make(server: S3Server) -> FaultProxy:
+        proxies.append(FaultProxy(server.endpoint))
+        return proxies[-1]
+
+    yield make
+    for proxy in proxies:
+        proxy.close()

@@ -53,15 +53,17 @@ class S3Server:
         return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
                 "AWS_REGION": self.region, "AWS_ENDPOINT_URL_S3": self.endpoint}
 
-    def client(self) -> Any:
-        """A plain boto3 client for test setup and inspection (not the code under test)."""
+    def client(self, endpoint: str | None = None, read_timeout: float = 30, attempts: int = 2) -> Any:
+        """A plain boto3 client for test setup and inspection (not the code under test);
+        `endpoint` points it elsewhere with the same credentials (a proxy in front)."""
         import boto3
         from botocore.config import Config
 
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name=self.region,
+        return boto3.client("s3", endpoint_url=endpoint or self.endpoint, region_name=self.region,
                             aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
                             config=Config(s3={"addressing_style": "path"}, connect_timeout=2,
-                                          read_timeout=30, retries={"mode": "standard", "max_attempts": 1},
+                                          read_timeout=read_timeout,
+                                          retries={"mode": "standard", "total_max_attempts": attempts},
                                           request_checksum_calculation="when_required",
                                           response_checksum_validation="when_required"))
 

@@ -270,3 +270,63 @@ def test_only_storage_imports_boto() -> None:
                  if p.parent.name != "storage" and re.search(r"^\s*(import|from)\s+(boto3|botocore)",
                                                              p.read_text(), re.M)]
     assert offenders == []
+
+
+def test_read_timeout_comes_from_the_environment_when_set(monkeypatch) -> None:
+    from replicator.storage import s3
+
+    opts = unreachable_options(1)
+    monkeypatch.delenv(s3.READ_TIMEOUT_ENV, raising=False)
+    assert S3Storage(opts)._client.meta.config.read_timeout == s3.READ_TIMEOUT_S
+    for raw, seconds in (("1.5", 1.5), ("250ms", 0.25), ("2m", 120.0), ("  ", s3.READ_TIMEOUT_S)):
+        monkeypatch.setenv(s3.READ_TIMEOUT_ENV, raw)
+        assert S3Storage(opts)._client.meta.config.read_timeout == seconds, raw
+
+
+@pytest.mark.parametrize("raw", ["soon", "0", "0s", "-1", "1 s", "nan", "inf"])
+def test_bad_read_timeout_is_a_config_error_naming_the_variable(monkeypatch, raw: str) -> None:
+    from replicator.errors import ConfigError
+    from replicator.storage import s3
+
+    monkeypatch.setenv(s3.READ_TIMEOUT_ENV, raw)
+    with pytest.raises(ConfigError) as info:
+        S3Storage(unreachable_options(1))
+    assert str(info.value).startswith(f"{s3.READ_TIMEOUT_ENV}: expected a positive duration")
+    assert repr(raw) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("kind, kwargs, ops", [
+    ("error", {"code": "InternalError"}, "put get open list stat"),
+    ("reset-upload", {}, "put get list"),
+    ("reset-download", {}, "put get open list stat"),
+    ("truncate", {}, "put get open list stat"),
+    ("stall", {"stall_s": 30}, "put list"),
+], ids=["internal-error", "reset-upload", "reset-download", "truncate", "stall"])
+def test_every_injected_fault_is_transient(moto_server, make_bucket, fault_proxy, monkeypatch,
+                                           kind: str, kwargs: dict, ops: str) -> None:
+    """What the shipper relies on: whatever the network does to a request, S3Storage raises
+    Transient, never a botocore error or a Permanent one. (SlowDown -> Throttled is in
+    test_error_translation: through the proxy botocore's throttling backoff costs seconds.)"""
+    from replicator.storage import s3
+
+    monkeypatch.setenv(s3.READ_TIMEOUT_ENV, "0.2")
+    opts = make_bucket(moto_server)
+    proxy = fault_proxy(moto_server)
+    storage = S3Storage(dataclasses.replace(opts, endpoint=proxy.url))
+    storage.put("k", os.urandom(20_000))
+    calls = {"put": ("PUT", lambda: storage.put("k", os.urandom(20_000))),
+             "get": ("GET", lambda: storage.get("k")),
+             "open": ("GET", lambda: storage.open("k").read()),
+             "list": ("GET", lambda: list(storage.list())),
+             "stat": ("HEAD", lambda: storage.stat("k"))}
+    for op in ops.split():
+        method, call = calls[op]
+        before = proxy.faults(kind)
+        proxy.inject(kind, method=method, **kwargs)
+        with pytest.raises(Transient) as info:
+            call()
+        proxy.clear()
+        assert proxy.faults(kind) > before, op
+        assert_no_secrets(info.value, opts)
+        assert str(info.value).startswith("s3://"), info.value
+    assert storage.stat("k").size == 20_000

@@ -24,6 +24,8 @@ import urllib3.exceptions
 from botocore.config import Config
 
 from ..config import S3Options
+from ..durations import parse_duration
+from ..errors import ConfigError
 from .base import (
     AlreadyExists,
     NotFound,
@@ -39,7 +41,8 @@ from .base import (
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5.0
-READ_TIMEOUT_S = 30.0
+READ_TIMEOUT_S = 30.0  # per socket read: how long a stalled store holds a request
+READ_TIMEOUT_ENV = "REPLICATOR_S3_READ_TIMEOUT"  # overrides READ_TIMEOUT_S (a duration)
 BOTO_MAX_ATTEMPTS = 3  # botocore retries single requests (e.g. one part); RetryingStorage retries verbs
 DELETE_BATCH = 1000  # DeleteObjects limit
 MAX_PARTS = 10_000  # CompleteMultipartUpload limit
@@ -111,6 +114,29 @@ def _read_full(stream: BinaryIO, size: int) -> bytes:
     return bytes(buf)
 
 
+def read_timeout_s(environ: Any = os.environ) -> float:
+    """READ_TIMEOUT_S, or REPLICATOR_S3_READ_TIMEOUT (seconds or a duration) when set.
+
+    An environment variable rather than a config key: like AWS_ENDPOINT_URL_S3 it reaches
+    `replicator replicate DB s3://...` too, which has no config file. Fault tests set it so
+    a store that stalls costs them seconds, not minutes; operators may want it either way.
+    """
+    raw = environ.get(READ_TIMEOUT_ENV)
+    if raw is None or not raw.strip():
+        return READ_TIMEOUT_S
+    try:
+        value = float(raw)  # bare seconds
+    except ValueError:
+        try:
+            value = parse_duration(raw)
+        except ValueError:
+            value = 0.0
+    if not 0 < value < float("inf"):
+        raise ConfigError(f"{READ_TIMEOUT_ENV}: expected a positive duration (e.g. 30s, 2.5s, 500ms), "
+                          f"got {raw!r}")
+    return value
+
+
 _loader_lock = threading.Lock()
 _loader: Any = None
 
@@ -140,6 +166,7 @@ class S3Storage:
         self.conditional_writes = True  # until the store answers a conditional PUT with 501
         if bool(options.access_key_id) != bool(options.secret_access_key):
             raise Permanent(f"{self.url}: access key id and secret access key must be given together")
+        read_timeout = read_timeout_s()
         try:
             session = _session()
             config = Config(
@@ -147,7 +174,7 @@ class S3Storage:
                 region_name=(options.region or session.get_config_variable("region")
                              or os.environ.get("AWS_REGION") or "us-east-1"),
                 connect_timeout=CONNECT_TIMEOUT_S,
-                read_timeout=READ_TIMEOUT_S,
+                read_timeout=read_timeout,
                 retries={"mode": "standard", "max_attempts": BOTO_MAX_ATTEMPTS},
                 max_pool_connections=max(10, self._concurrency + 4),
                 # S3-compatible stores often reject the newer default CRC trailers.

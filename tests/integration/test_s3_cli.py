@@ -222,3 +222,16 @@ def test_restore_from_an_empty_prefix(tmp_path: Path, moto_server, make_bucket) 
 
     listed = timed("generations", url, env=moto_server.env)
     assert listed.returncode == 0 and "(no generations)" in listed.stdout, listed
+
+
+def test_bad_read_timeout_in_the_environment_is_one_line(tmp_path: Path) -> None:
+    opts = unreachable(closed_port())
+    db, out = tmp_path / "app.db", tmp_path / "out.db"
+    init_db(db)
+    env = {**env_for(opts), "REPLICATOR_S3_READ_TIMEOUT": "a while"}
+    for args in (("replicate", str(db), "s3://some-bucket/app"), ("restore", "-o", str(out), "s3://some-bucket/app")):
+        result = timed(*args, env=env)
+        line = one_error(result, opts.access_key_id, opts.secret_access_key)
+        assert line.startswith("error: REPLICATOR_S3_READ_TIMEOUT: expected a positive duration"), line
+        assert "'a while'" in line and result.returncode == 2, line
+    assert not out.exists()
