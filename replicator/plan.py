@@ -59,7 +59,10 @@ def plan_restore(listing: Listing, target: Target, now_ns: int | None = None) ->
         snapshot = _snapshot_for_time(gen, target.time_ns)
         end_txid = gen.last_txid or snapshot.txid
     else:
-        gen = max(gens, key=lambda g: (g.last_txid or 0, g.name))
+        # The newest history is the generation started last: txids never repeat within a
+        # replica, so that is the one whose first txid is highest (the listing's order).
+        # Never "the highest last txid": an older generation that ran long would win.
+        gen = gens[-1]
         snapshot = gen.snapshots[-1]
         end_txid = gen.last_txid or snapshot.txid
     segments = _chain(gen, snapshot.txid, end_txid, target.time_ns)

@@ -44,12 +44,14 @@ class Shipper:
 
     def __init__(self, cfg: ReplicaConfig, storage: Storage, spool_objects: Storage,
                  db_name: str, on_ack: Callable[[], None],
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 on_conflict: Callable[[str, int], None] = lambda generation, txid: None):
         self.cfg = cfg
         self.storage = storage
         self.spool = spool_objects
         self.db_name = db_name
         self.on_ack = on_ack
+        self.on_conflict = on_conflict
         self.clock = clock
         self.wake = threading.Event()
         self.stopping = threading.Event()
@@ -75,6 +77,11 @@ class Shipper:
         self.owner = f"{socket.gethostname()}:{os.path.abspath(db_name)}"
         self.lease: lease.Lease | None = None
         self.recovered = False
+        self.tried = threading.Event()  # set once recovery has succeeded or failed at least once
+        self.remote_last_txid = 0  # the highest txid the replica held at recovery
+        # Spooled generations this replica must not take: their txids would repeat ones it
+        # holds (a fresh spool that could not see the replica when it started one).
+        self.refused: set[str] = set()
         # generation -> (newest snapshot's size, bytes of segments after it), from recover()
         self.history: dict[str, tuple[int, int]] = {}
         # The run of spooled segments whose upload last failed: the next round sends exactly
@@ -97,8 +104,15 @@ class Shipper:
             self._note_failure(err)
 
     def _recover(self) -> None:
+        try:
+            self._recover_once()
+        finally:
+            self.tried.set()
+
+    def _recover_once(self) -> None:
         self.lease = lease.acquire(self.storage, self.owner, LEASE_TTL_S)
         listing = layout.parse_listing(self.storage.list(layout.GENERATIONS))
+        self.remote_last_txid = listing.last_txid
         for gen in listing.generations:
             for snap in gen.snapshots:
                 self.snapshots[snap.key] = snap.txid
@@ -113,7 +127,10 @@ class Shipper:
         self.recovered = True
 
     def has(self, info: SnapshotInfo | SegmentInfo) -> bool:
+        """The replica holds it (or must never: a refused generation), so the spool may let it go."""
         with self.lock:
+            if info.generation in self.refused:
+                return True
             if isinstance(info, SnapshotInfo):
                 return info.key in self.snapshots
             return self.segments_upto.get(info.generation, -1) >= info.last_txid
@@ -244,10 +261,17 @@ class Shipper:
             return
         self._write_meta()
         if self.lease is not None and self.lease.expires_at - time.time() < LEASE_TTL_S / 2:
-            self.lease.renew()  # raises LeaseHeld if another replicator took the replica
+            try:
+                self.lease.renew()  # raises LeaseHeld if another replicator took the replica
+            except LeaseHeld:
+                self.recovered = False  # take it again once it is free, and LIST afresh
+                raise
         i = 0
         while i < len(todo):
             info = todo[i]
+            if self._refuse(info):
+                i += 1
+                continue
             if isinstance(info, SnapshotInfo):
                 with self.spool.open(info.key) as f:
                     self.storage.put(info.key, f)
@@ -258,6 +282,26 @@ class Shipper:
                 self._put_segments(run)
                 i += len(run)
             self.on_ack()
+
+    def _refuse(self, info: SnapshotInfo | SegmentInfo) -> bool:
+        """A generation new to this replica whose first txid the replica already holds
+        would make txids repeat (and "latest" ambiguous): it is never uploaded here, and the
+        replicator is told so that it starts a new generation above them."""
+        gen = info.generation
+        if gen in self.refused:
+            return True
+        with self.lock:
+            known = gen in self.segments_upto or any(
+                k.startswith(f"{layout.GENERATIONS}{gen}/") for k in self.snapshots)
+        if known or not isinstance(info, SnapshotInfo) or info.txid > self.remote_last_txid:
+            return False
+        log.error("replica %s already holds txids up to %d: not uploading generation %s, which "
+                  "starts at txid %d; a new generation will start above them", self.storage.url,
+                  self.remote_last_txid, gen, info.txid)
+        with self.lock:
+            self.refused.add(gen)
+        self.on_conflict(gen, self.remote_last_txid)
+        return True
 
     @staticmethod
     def _merge_run(todo: list[SnapshotInfo | SegmentInfo], i: int) -> list[SegmentInfo]:
@@ -279,9 +323,9 @@ class Shipper:
         run = self._unconfirmed
         if run is None or todo[i].key != run[0].key:
             return None
-        if todo[i:i + len(run)] != run:  # cannot happen while the spool keeps what is unacknowledged
-            log.warning("replica %s: the run of a failed upload is no longer spooled whole; "
-                        "merging afresh", self.cfg.name)
+        if todo[i:i + len(run)] != run:  # the spool rolled back past it (a failed spool sync)
+            log.info("replica %s: the run of a failed upload is no longer spooled whole; "
+                     "merging afresh", self.cfg.name)
             self._unconfirmed = None
             return None
         return run

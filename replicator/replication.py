@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import layout, policy
+from . import layout, lease, policy
 from .checkpointer import Checkpointer, backfill_tail, move_mark
 from .config import DbConfig
 from .errors import ReplicatorError, SourceError, SpoolError
@@ -30,6 +30,7 @@ from .wakeup import watch_file
 log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT_S = 30.0  # on stop, how long to keep shipping to a replica that is slow
+RECOVERY_WAIT_S = 5.0  # at start, how long to wait for the replicas' listings
 RESTART_DELAY_S = (0.5, 30.0)  # backoff between attempts after an unexpected failure
 FAILURE_LOG_INTERVAL_S = 60.0
 # A new generation's first txid when some replica's history is unknown (unreachable at
@@ -60,9 +61,10 @@ class DbReplicator:
         self.last_write_ns = clock_ns()
         self.shippers = [
             Shipper(r, (storages or {}).get(r.name) or open_storage(r), self.spool.objects, cfg.path,
-                    on_ack=self._prune)
+                    on_ack=self._prune, on_conflict=self._refused_by_replica)
             for r in cfg.replicas
         ]
+        self._refused: set[str] = set()  # generations some replica refused (their txids repeat)
         self._thread: threading.Thread | None = None
         self._prune_lock = threading.Lock()
         self._unwatch: Callable[[], None] = lambda: None
@@ -101,10 +103,17 @@ class DbReplicator:
                     raise ReplicatorError(f"{self.cfg.path} is already being replicated by another process",
                                           f"see {self.spool.dir / 'lock'}")
                 self._locked = True
-                for shipper in self.shippers:
-                    shipper.recover()
-                for shipper in self.shippers:
+                owner = lease.instance_owner(self.spool.dir)
+                for shipper in self.shippers:  # each recovers (lease, one LIST) on its own thread
+                    shipper.owner = owner
                     shipper.start()
+                    shipper.wake.set()
+                # A new generation's txid must lie above what the replicas hold: wait a little
+                # for their listings, not for a store that is down (the spool protects the
+                # data meanwhile, and the txid then comes from the clock floor).
+                deadline = time.monotonic() + RECOVERY_WAIT_S
+                for shipper in self.shippers:
+                    shipper.tried.wait(max(0.0, deadline - time.monotonic()))
             self._take_up_tail()
         except BaseException:
             self._close_tail()
@@ -221,8 +230,9 @@ class DbReplicator:
         self.spooler.db_ident = self.handles.db_ident
         state = self.spool.load()
         if state is not None and (state.checksum.page_size != self.handles.page_size
-                                  or state.db_ident != self.handles.db_ident):
-            state = None  # another page size, or another file under the path: nothing to resume
+                                  or state.db_ident != self.handles.db_ident
+                                  or state.generation in self._refused):
+            state = None  # another page size, another file under the path, or refused
         if state is not None:
             self.spooler.generation = state.generation
             self._drop_spooled_after(state.generation, state.pos.txid)
@@ -274,6 +284,7 @@ class DbReplicator:
         txids = [0, state.pos.txid if state is not None else 0,
                  layout.parse_listing(self.spool.objects.list(layout.GENERATIONS)).last_txid]
         for s in self.shippers:
+            txids.append(s.remote_last_txid)
             txids.extend(s.segments_upto.values())
             txids.extend(s.snapshots.values())
         txid = max(txids) + 1
@@ -287,6 +298,8 @@ class DbReplicator:
         """One wake-up: serve snapshot requests, copy, maybe checkpoint, maybe snapshot."""
         if self.handles.replaced():
             raise ContinuityLost("the database file was replaced")
+        if self.generation in self._refused:
+            raise ContinuityLost(f"a replica refused generation {self.generation} (its txids would repeat)")
         self._serve_requests()
         try:
             copied = self.spooler.copy()
@@ -346,6 +359,11 @@ class DbReplicator:
             pass  # logged by the spooler; the snapshot itself will fail or succeed on its own
 
     # -- bookkeeping -------------------------------------------------------------------
+
+    def _refused_by_replica(self, generation: str, remote_txid: int) -> None:
+        """From a shipper thread: the worker starts a new generation at its next step."""
+        self._refused.add(generation)
+        self.wake.set()
 
     def _notify(self) -> None:
         for s in self.shippers:

@@ -57,6 +57,7 @@ class Spooler:
         self.batch_bytes = 0  # WAL record bytes spooled since the worker last looked
         self.failed: SpoolError | None = None  # set while the spool cannot be written
         self._rolled_back = True  # False while a rollback is owed (see module docstring)
+        self._durable: TailState | None = None  # what the owed rollback goes back to
         self._retry_at = 0.0
         self._delay = RETRY_DELAY_S[0]
         self._logged_at = -1e18
@@ -144,26 +145,31 @@ class Spooler:
             log.warning("%s; checkpoints are paused (the WAL keeps every frame not yet spooled) "
                         "and spooling is retried until it works", self.failed)
             self._logged_at = now
+        # The position goes back at once (reading needs no space); cleaning the spool up to
+        # it needs writes, and is owed until it succeeds: nothing is copied meanwhile.
+        state = self.spool.durable_state()
+        if state is None or state.generation != self.generation:
+            raise ContinuityLost(f"the spool's tail state in {self.spool.dir} cannot be read back")
+        self.tail.set(state.pos, state.checksum)
+        self._durable = state
         self._try_rollback()
         return self.failed
 
     def _try_rollback(self) -> None:
         try:
-            self._rollback()
+            self._clean_up_to(self._durable)
             self._rolled_back = True
         except (SpoolError, StorageError, OSError) as err:
             log.debug("rollback of %s failed: %s", self.spool.dir, err)
 
-    def _rollback(self) -> None:
-        state = self.spool.durable_state()
-        if state is None or state.generation != self.generation:
-            raise ContinuityLost(f"the spool's tail state in {self.spool.dir} cannot be read back")
+    def _clean_up_to(self, state: TailState) -> None:
+        """Delete the spooled segments past `state` (not durable, maybe partial) and restart
+        the state log from it."""
         stale = [o for o in self.spool.objects.list(layout.GENERATIONS)
                  if isinstance(info := layout.parse_key(o.key, o.size), layout.SegmentInfo)
                  and info.generation == self.generation and info.last_txid > state.pos.txid]
         self.spool.objects.delete_many([o.key for o in stale])
         self.spool.save_base(state)
-        self.tail.set(state.pos, state.checksum)
         self.history_bytes = max(0, self.history_bytes - sum(o.size for o in stale))
 
     def recover(self) -> None:

@@ -39,6 +39,18 @@ def test_latest(case):
     assert assert_chain(plan, newest.last_txid) == newest.last_txid
 
 
+def test_latest_is_the_generation_started_last_even_when_an_older_one_ran_longer():
+    """Txids repeated (a replica written before they were guarded): 'latest' is the newest
+    history, the generation whose first txid is highest, then the newer name."""
+    old, new = "20260101T000000Z-aaaaaa", "20260102T000000Z-bbbbbb"
+    objs = [ObjectInfo(snapshot_key(old, 1, 1_000 * MS), 1),
+            ObjectInfo(segment_key(old, 2, 5000, 1_000 * MS, 9_000 * MS), 1),
+            ObjectInfo(snapshot_key(new, 1, 2_000 * MS), 1),
+            ObjectInfo(segment_key(new, 2, 100, 2_000 * MS, 3_000 * MS), 1)]
+    plan = plan_restore(parse_listing(objs), Target())
+    assert plan.generation == new and plan.stop_txid == 100
+
+
 def test_latest_follows_txids_not_names():
     old, new = "20260101T000000Z-aaaaaa", "20260102T000000Z-bbbbbb"
     objs = [ObjectInfo(snapshot_key(old, 50, 1_000 * MS), 1), ObjectInfo(snapshot_key(new, 10, 2_000 * MS), 1)]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import threading
+import time
 
 import apsw
 import pytest
@@ -18,7 +20,8 @@ from replicator.demo import content_hash
 from replicator.plan import Target
 from replicator.restore import restore
 from replicator.snapshot_cmd import take_snapshot
-from replicator.storage import open_storage
+from replicator.storage import Transient, open_storage
+from replicator.storage.file import FileStorage
 
 
 def _file_replica(path) -> ReplicaConfig:
@@ -335,3 +338,100 @@ def test_checkpoints_go_ahead_without_the_lock_once_the_wal_is_long(env, monkeyp
     finally:
         rep.stop()
         assert rep.join()
+
+
+class _Down:
+    """A replica store that is unreachable until `up` is set (the outage is the in-process
+    part; the store behind it is a real directory)."""
+
+    def __init__(self, inner):
+        self.inner, self.up, self.url = inner, False, inner.url
+
+    def __getattr__(self, name):
+        attr = getattr(self.inner, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            if not self.up:
+                raise Transient(f"{self.url}: cannot connect (the test's outage)")
+            return attr(*args, **kwargs)
+
+        return call
+
+
+def _wait(predicate, what, timeout=30.0):
+    done = threading.Event()
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        done.wait(0.02)
+
+
+def _run_with_outage(cfg, storage, clock_ns=time.time_ns, writes=(), conn=None) -> DbReplicator:
+    """Start with the store down (a fresh spool cannot see what the replica holds), write,
+    bring the store back, stop cleanly."""
+    rep = DbReplicator(cfg, storages={cfg.replicas[0].name: storage}, clock_ns=clock_ns)
+    rep.open()
+    for start, n in writes:
+        _write(conn, n, start)
+        rep.step()
+    storage.up = True
+    return rep
+
+
+def test_a_fresh_spool_with_the_replica_down_never_repeats_txids(tmp_path):
+    """A new container (no spool) whose replica is down at start: its generation's txids
+    start above the clock floor, so they cannot repeat the replica's, and 'latest' is the
+    new history (it used to start at txid 1 and restore the old generation's state)."""
+    db, replica = tmp_path / "app.db", _file_replica(tmp_path / "replica")
+    conn = apsw.Connection(str(db))
+    conn.set_busy_timeout(2000)
+    list(conn.execute("PRAGMA journal_mode=wal; CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)"))
+    cfg = _cfg(db, replica)
+    _write(conn, 30)
+    _run_once(cfg, steps=1)
+    _write(conn, 20, 30)
+    _run_once(cfg, steps=1)
+    shutil.rmtree(str(db) + "-replicator")  # the spool is gone; the database and replica stay
+    rep = _run_with_outage(cfg, _Down(FileStorage(replica.path, url=replica.url)), writes=[(50, 5)], conn=conn)
+    rep.stop()
+    assert rep.join()
+    gens = [g for g in _generations(replica) if g.first_txid is not None]
+    assert len(gens) == 2 and gens[1].first_txid > gens[0].last_txid
+    assert _restored_hash(replica, tmp_path / "o.db") == content_hash(db)
+    conn.close()
+
+
+def test_a_generation_whose_txids_the_replica_holds_is_refused_and_replaced(tmp_path):
+    """The clock floor is not enough when the clock is wrong (a board that booted in 1970):
+    the replica refuses the generation and the replicator starts one above its txids."""
+    db, replica = tmp_path / "app.db", _file_replica(tmp_path / "replica")
+    conn = apsw.Connection(str(db))
+    conn.set_busy_timeout(2000)
+    list(conn.execute("PRAGMA journal_mode=wal; CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)"))
+    cfg = _cfg(db, replica)
+    store = lambda: _Down(FileStorage(replica.path, url=replica.url))  # noqa: E731
+    rep = _run_with_outage(cfg, store(), writes=[(0, 10)], conn=conn)  # txids from today's floor
+    rep.stop()
+    assert rep.join()
+    (first,) = _generations(replica)
+    shutil.rmtree(str(db) + "-replicator")
+    fake_now = iter(range(5 * 10**9, 6 * 10**9, 1000))
+    rep = _run_with_outage(cfg, store(), clock_ns=fake_now.__next__, writes=[(10, 5)], conn=conn)
+    try:
+        refused = rep.generation
+        _wait(lambda: refused in rep._refused, "the replica to refuse the generation")
+        with pytest.raises(ContinuityLost, match="refused"):
+            rep.step()
+        rep.restart_tail()
+        _write(conn, 3, 15)
+        rep.step()
+    finally:
+        rep.stop()
+        assert rep.join()
+    gens = [g for g in _generations(replica) if g.first_txid is not None]
+    assert [g.name for g in gens][0] == first.name and refused not in [g.name for g in gens]
+    assert len(gens) == 2 and gens[1].first_txid > gens[0].last_txid
+    assert _restored_hash(replica, tmp_path / "o.db") == content_hash(db)
+    conn.close()
