@@ -17,7 +17,7 @@ import logging
 import threading
 from typing import Callable
 
-from . import policy, wal
+from . import faults, policy, wal
 from .errors import SourceError, SpoolError
 from .handles import DbHandles
 from .spooler import Spooler
@@ -57,6 +57,7 @@ def move_mark(handles: DbHandles, spooler: Spooler, fenced: bool = False
         with spooler.lock:
             handles.end_spare()
         raise
+    faults.point("mark-synced")
     with spooler.lock:
         handles.promote_spare()
     return view
@@ -79,6 +80,7 @@ def finish(handles: DbHandles, spooler: Spooler, max_tail: int | None) -> bool:
         handles.end_read()
         try:
             handles.checkpoint_from_reader()
+            faults.point("checkpoint-fenced")
         finally:
             handles.begin_read()
     return True
@@ -128,6 +130,7 @@ class Checkpointer:
             move_mark(self.handles, self.spooler)
             while not self.stopping.is_set():
                 self.handles.backfill()  # BUSY (the application checkpoints): go on
+                faults.point("backfilled")
                 rounds += 1
                 tail = backfill_tail(self.handles)
                 if not policy.another_backfill_round(tail, before, rounds):

@@ -212,7 +212,7 @@ class DbReplicator:
         err = self.checkpointer.join()
         if isinstance(err, ContinuityLost):
             return
-        self.spooler.copy()
+        self.spooler.copy(force=True)
         self.spooler.sync()
 
     # -- the tail ----------------------------------------------------------------------

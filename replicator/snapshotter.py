@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from . import layout, wal
+from . import faults, layout, wal
 from .dbhash import DbChecksum
 from .errors import SourceError, SpoolError
 from .handles import DbHandles
@@ -46,6 +46,7 @@ def write_snapshot(spool: Spool, handles: DbHandles, hdr: wal.IndexHeader, gener
             writer = SnapshotWriter(out, generation, handles.page_size, txid, time_ns, n_pages)
             for _, chunk in prefetch(chunks, name="snapshot-image"):
                 writer.write_pages(chunk)
+                faults.point("snapshot-image")
                 poll()
             value = writer.finish()
             if expected is not None and value != expected:

@@ -31,6 +31,7 @@ from array import array
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
+from . import faults
 from .dbhash import DbChecksum
 from .errors import SpoolError
 from .storage.base import ObjectInfo, StorageError
@@ -202,6 +203,7 @@ class Spool:
             except StorageError as err:
                 self._poisoned = True
                 raise SpoolError(f"cannot sync the spool {self.dir}: {err}") from None
+            faults.point("sync-objects")
             with self._log_lock:
                 if self._log_id != log_id or self._log_fd < 0:
                     return  # a save_base since: durable by itself, and it covers all of this

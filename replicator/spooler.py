@@ -16,12 +16,13 @@ checkpoint runs (the WAL grows; nothing is lost), and it is retried with backoff
 from __future__ import annotations
 
 import bisect
+import contextlib
 import logging
 import threading
 import time
 from typing import Callable
 
-from . import layout
+from . import faults, layout
 from .errors import SpoolError
 from .segment import SegmentEncoder
 from .spool import Spool, TailState
@@ -64,11 +65,13 @@ class Spooler:
 
     # -- the copy path -------------------------------------------------------------------
 
-    def copy(self, max_bytes: int = COPY_CHUNK_BYTES) -> int:
+    def copy(self, max_bytes: int = COPY_CHUNK_BYTES, force: bool = False) -> int:
         """Copy and spool everything committed so far, in pieces of `max_bytes` (a backlog is
         never in memory at once); returns the number of transactions. Raises SpoolError
-        (after rolling back) when the spool cannot take them."""
-        self.recover()
+        (after rolling back) when the spool cannot take them; while it cannot, tries again
+        only after a backoff, unless `force` (the final copy on stop)."""
+        self.recover(force)
+        recovering = self.failed is not None
         n = 0
         while True:
             with self.lock:
@@ -76,11 +79,14 @@ class Spooler:
                 self._spool(copied)
             n += copied.n_tx
             if self.tail.caught_up:
-                return n
+                break
+        if recovering:
+            self.sync()  # the failure is over once what was copied again is durable
+        return n
 
     def copy_locked(self) -> int:
         """copy() for a caller that holds `lock` already (inside a fence): all of it at once."""
-        if self.failed is not None:
+        if self.failed is not None and not self._rolled_back:
             raise self.failed
         copied = self.tail.read()
         self._spool(copied)
@@ -96,6 +102,7 @@ class Spooler:
                 changed.update(scanned.changed)
                 self._put_segments(scanned)
                 self.batch_bytes += len(scanned.body)
+            faults.point("spooled-unrecorded")
             compact = self.spool.append(self.generation, self.tail.pos, self.tail.checksum, changed)
             if compact:  # a new base must not claim objects that are not durable yet
                 self.spool.sync()
@@ -123,28 +130,39 @@ class Spooler:
     def sync(self) -> None:
         """Make everything spooled so far durable (before the frames may leave the WAL).
         Raises SpoolError, after rolling back, when it cannot."""
-        if self.failed is not None:
+        if self.failed is not None and not self._rolled_back:
             raise self.failed
         try:
             self.spool.sync()
         except SpoolError as err:
             with self.lock:
                 raise self._fail(err) from None
+        self._recovered()
 
     # -- failure and recovery ------------------------------------------------------------
 
     def _fail(self, err: BaseException) -> SpoolError:
-        """Under `lock`: record the failure and roll back to the last durable state."""
+        """Under `lock`: record the failure and roll back to the last durable state.
+
+        A write that failed (disk full) leaves the batches before it intact: they are made
+        durable first, so only the failed one is copied again. After a failed fsync nothing
+        since the last good sync is trusted (the spool refuses to sync until rolled back).
+        """
         first = self.failed is None
         self.failed = err if isinstance(err, SpoolError) else SpoolError(
             f"cannot write the spool {self.spool.dir}: {getattr(err, 'strerror', None) or err}")
         self._rolled_back = False
-        self._retry_at, self._delay = self.clock() + RETRY_DELAY_S[0], RETRY_DELAY_S[0]
         now = self.clock()
+        if first:
+            self._delay = RETRY_DELAY_S[0]
+        self._retry_at = now + self._delay
+        self._delay = min(RETRY_DELAY_S[1], self._delay * 2)
         if first or now - self._logged_at >= FAILURE_LOG_INTERVAL_S:
             log.warning("%s; checkpoints are paused (the WAL keeps every frame not yet spooled) "
                         "and spooling is retried until it works", self.failed)
             self._logged_at = now
+        with contextlib.suppress(SpoolError):
+            self.spool.sync()  # refused after a failed fsync, which is what we want then
         # The position goes back at once (reading needs no space); cleaning the spool up to
         # it needs writes, and is owed until it succeeds: nothing is copied meanwhile.
         state = self.spool.durable_state()
@@ -156,6 +174,7 @@ class Spooler:
         return self.failed
 
     def _try_rollback(self) -> None:
+        assert self._durable is not None
         try:
             self._clean_up_to(self._durable)
             self._rolled_back = True
@@ -172,21 +191,26 @@ class Spooler:
         self.spool.save_base(state)
         self.history_bytes = max(0, self.history_bytes - sum(o.size for o in stale))
 
-    def recover(self) -> None:
-        """While failed: retry the rollback (with backoff); raises SpoolError until the spool
-        takes writes again, then carries on from the last durable state."""
+    def recover(self, force: bool = False) -> None:
+        """While failed: raises SpoolError until the backoff has passed (or `force`) and the
+        owed rollback has succeeded; then lets one copy try. The failure is over only when a
+        sync has succeeded again (see _recovered)."""
         if self.failed is None:
             return
-        now = self.clock()
-        if now < self._retry_at:
+        if not force and self.clock() < self._retry_at:
             raise self.failed
         with self.lock:
             if not self._rolled_back:
                 self._try_rollback()
             if not self._rolled_back:
-                self._retry_at = now + self._delay
+                self._retry_at = self.clock() + self._delay
                 self._delay = min(RETRY_DELAY_S[1], self._delay * 2)
                 raise self.failed
+
+    def _recovered(self) -> None:
+        """A sync succeeded: a failure, if there was one, is over."""
+        if self.failed is not None:
             log.info("%s is writable again: spooling resumed from txid %d", self.spool.dir,
                      self.tail.pos.txid if self.tail.pos else 0)
             self.failed = None
+            self._delay = RETRY_DELAY_S[0]

@@ -12,6 +12,7 @@ import pytest
 
 from replicator import layout
 from replicator.config import DbConfig, ReplicaConfig
+from replicator.errors import SourceError
 from replicator.checkpointer import backfill_tail
 from replicator.policy import HISTORY_SNAPSHOT_FORCE
 from replicator.replication import DbReplicator
@@ -435,3 +436,72 @@ def test_a_generation_whose_txids_the_replica_holds_is_refused_and_replaced(tmp_
     assert len(gens) == 2 and gens[1].first_txid > gens[0].last_txid
     assert _restored_hash(replica, tmp_path / "o.db") == content_hash(db)
     conn.close()
+
+
+def test_a_snapshot_request_is_served_at_once_under_a_steady_writer(env, tmp_path):
+    """Checkpoints are due at nearly every wake-up here; a request used to be served only on
+    wake-ups where none was, so `snapshot --name before-migration` could time out."""
+    db, replica, conn = env
+    cfg = DbConfig(path=str(db), replicas=(replica,), monitor_interval_s=0.05, min_checkpoint_page_count=4)
+    rep = DbReplicator(cfg)
+    rep.start()
+    stop = threading.Event()
+
+    def writer():
+        c = apsw.Connection(str(db))
+        c.set_busy_timeout(5000)
+        i = 0
+        while not stop.is_set():
+            c.execute("INSERT INTO t(v) VALUES (?)", (bytes(3000),))
+            i += 1
+        c.close()
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    try:
+        started = time.monotonic()
+        txid = take_snapshot(cfg, "before-migration", timeout_s=15)
+        assert time.monotonic() - started < 15 and txid > 1
+    finally:
+        stop.set()
+        t.join()
+        rep.stop()
+        assert rep.join()
+    assert "before-migration" in [s.name for g in _generations(replica) for s in g.snapshots]
+
+
+def test_a_snapshot_that_disagrees_with_the_tail_is_never_published(env, monkeypatch):
+    """The comparison with the running checksum happens before the object is renamed into
+    place: it used to happen after, so a shipper could upload a snapshot known to be wrong."""
+    db, replica, conn = env
+    rep = DbReplicator(_cfg(db, replica))
+    rep.open()
+    published = []
+    real_writer = FileStorage.writer
+
+    def watching_writer(storage, key):
+        import contextlib
+
+        @contextlib.contextmanager
+        def cm():
+            with real_writer(storage, key) as out:
+                yield out
+            published.append(key)  # reached only once the object is in place
+
+        return cm()
+
+    try:
+        _write(conn, 5)
+        rep.step()
+        monkeypatch.setattr(FileStorage, "writer", watching_writer)
+        rep.tail.checksum.value ^= 1  # the tail and the image now disagree
+        with pytest.raises(SourceError, match="does not match"):
+            rep.snapshot_now("wrong")
+        assert not [k for k in published if "wrong" in k]
+        assert not [o.key for o in rep.spool.objects.list(layout.GENERATIONS) if "wrong" in o.key]
+        rep.tail.checksum.value ^= 1
+        monkeypatch.setattr(FileStorage, "writer", real_writer)
+    finally:
+        rep.stop()
+        assert rep.join()
+    assert "wrong" not in [s.name for g in _generations(replica) for s in g.snapshots]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 
 import apsw
 import pytest
@@ -123,9 +124,9 @@ def test_while_failed_nothing_is_retried_before_the_backoff(db, monkeypatch):
         live.close()
 
 
-def test_a_rollback_removes_what_lies_past_the_durable_state(db):
-    """Segments spooled after the last sync are not durable: a failed sync (simulated by
-    rolling back directly) deletes them and they are copied again from the WAL."""
+def test_a_failed_fsync_removes_what_lies_past_the_durable_state(db, monkeypatch, caplog):
+    """Segments spooled after the last good sync may have been dropped by the kernel when
+    an fsync failed: they are deleted and copied again from the WAL, which still has them."""
     path, app = db
     live = LiveTail(path).start()
     try:
@@ -135,12 +136,21 @@ def test_a_rollback_removes_what_lies_past_the_durable_state(db):
         _write(app, 4)
         live.spooler.copy()
         assert _spooled_txids(live.spool) == list(range(2, 10))
-        with live.spooler.lock:
-            live.spooler._fail(SpoolError("cannot sync the spool (injected)"))
+        real = os.fsync
+
+        def eio(fd):
+            raise OSError(errno.EIO, "Input/output error")
+
+        monkeypatch.setattr("replicator.storage.file.os.fsync", eio)
+        with caplog.at_level(logging.INFO), pytest.raises(SpoolError, match="Input/output error"):
+            live.spooler.sync()
+        monkeypatch.setattr("replicator.storage.file.os.fsync", real)
         assert _spooled_txids(live.spool) == list(range(2, 6))
         live.spooler._retry_at = 0
-        live.spooler.copy()
+        with caplog.at_level(logging.INFO):
+            live.spooler.copy()
         assert _spooled_txids(live.spool) == list(range(2, 10))
+        assert "Input/output error" in caplog.text and "writable again" in caplog.text
     finally:
         live.close()
 

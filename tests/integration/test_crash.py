@@ -72,6 +72,12 @@ def test_sigkill_replicator_and_writer(tmp_path: Path) -> None:
     reported.append(shipped_txids(logs[-1]))
     assert max(reported) > 0
 
+    _check(tmp_path, replica, reported, rng, OPS)
+
+
+def _check(tmp_path: Path, replica: Path, reported: list[int], rng: random.Random, ops: int) -> None:
+    """Every txid reported as shipped before a crash is restorable, random points of every
+    generation are exact prefixes of the workload, and the latest is all of it."""
     storage = open_storage(f"file://{replica}")
     listing = layout.parse_listing(storage.list(layout.GENERATIONS))
     out = tmp_path / "out.db"
@@ -98,7 +104,41 @@ def test_sigkill_replicator_and_writer(tmp_path: Path) -> None:
     expected = workload.expected_hashes(SEED, set(results.values()))
     for label, k in results.items():
         assert digests[label] == expected[k], f"{label}: restored k={k} is not an exact prefix"
-    assert results["latest"] == OPS
+    assert results["latest"] == ops
     # Restores at increasing reported txids never go back in the workload.
     ks = [results[f"reported-{i}"] for i, t in enumerate(reported) if t]
     assert ks == sorted(ks)
+
+
+CRASH_POINTS = ["mark-synced", "backfilled", "checkpoint-fenced", "snapshot-image", "spooled-unrecorded",
+                "sync-objects"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_sigkill_inside_checkpoints_snapshots_and_the_spool(tmp_path: Path, point: str) -> None:
+    """The replicator kills itself at a named point (replicator/faults.py): between the
+    spool's sync and the read mark's move, after a backfill, inside (c)'s fence with R's
+    transaction ended, half-way through a snapshot image, between a batch's objects and its
+    state record, and between the objects' fsync and the log's marker. Three crashes per
+    point, each at a later passage, then a clean run; the oracle after."""
+    db, replica = tmp_path / "app.db", tmp_path / "replica"
+    _init_db(db)
+    config = tmp_path / "r.yml"
+    config.write_text(f"dbs:\n  - path: {db}\n    min-checkpoint-page-count: 64\n    replicas:\n"
+                      f"      - url: file://{replica}\n        snapshot-interval: 1s\n")
+    ops = 900
+    writer = start_writer(db, ops, SEED, "--pause-every", "10", "--pause-ms", "10")
+    reported: list[int] = []
+    for i in range(3):
+        log = tmp_path / f"replicator-{i}.log"
+        rep = start_replicator(["run", "-c", str(config)], log, env={"REPLICATOR_CRASH_AT": f"{point}:{2 + i}"})
+        assert rep.wait(90) == -signal.SIGKILL, log.read_text()[-3000:]
+        reported.append(shipped_txids(log))
+    log = tmp_path / "replicator-last.log"
+    rep = start_replicator(["run", "-c", str(config)], log)
+    assert writer.wait(180) == 0
+    wait_for(lambda: "replicating" in log.read_text(), 60, "the last replicator to start")
+    assert stop(rep) == 0, log.read_text()[-3000:]
+    reported.append(shipped_txids(log))
+    _check(tmp_path, replica, reported, random.Random(SEED), ops)

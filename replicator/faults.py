@@ -1,0 +1,33 @@
+"""Crash points for the crash tests: `REPLICATOR_CRASH_AT=name[:n]` makes the process
+SIGKILL itself the n-th time (default 1st) it reaches the point `name`, so a test can crash
+the replicator inside a checkpoint's fence or half-way through a snapshot, not only at a
+random moment. Unset (always, outside tests), `point()` is one global lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+ENV = "REPLICATOR_CRASH_AT"
+
+
+def _parse(value: str | None) -> tuple[str, int] | None:
+    if not value:
+        return None
+    name, _, n = value.partition(":")
+    return name, int(n) if n.isdigit() else 1
+
+
+_target = _parse(os.environ.get(ENV))
+_seen = 0
+
+
+def point(name: str) -> None:
+    """A place where a crash is worth testing (see the module docstring)."""
+    global _seen
+    if _target is None or _target[0] != name:
+        return
+    _seen += 1
+    if _seen >= _target[1]:
+        os.kill(os.getpid(), signal.SIGKILL)
