@@ -163,6 +163,7 @@ class DbReplicator:
             try:
                 if not self._open:
                     self.open()
+                    self.error = None
                 self._loop()
                 delay = RESTART_DELAY_S[0]
             except ContinuityLost as err:
@@ -173,9 +174,10 @@ class DbReplicator:
                 now = time.monotonic()
                 if now - self._logged_at >= FAILURE_LOG_INTERVAL_S or not isinstance(err, ReplicatorError):
                     if isinstance(err, ReplicatorError):
-                        log.error("replicating %s failed: %s; retrying in %.1fs", self.cfg.path, err, delay)
+                        log.error("cannot replicate %s: %s; retrying in %.1fs", self.cfg.path, err, delay)
                     else:
-                        log.exception("replicating %s failed; retrying in %.1fs", self.cfg.path, delay)
+                        log.exception("cannot replicate %s (a bug): %s; retrying in %.1fs", self.cfg.path,
+                                      err, delay)
                     self._logged_at = now
                 self._close_tail()
                 self.stopping.wait(delay)
