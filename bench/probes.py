@@ -6,9 +6,9 @@
 
 Both run `replicator replicate` on a fresh database with the benchmark's writer attached.
 `threads` reads utime+stime of every thread from /proc and names them with `py-spy dump`.
-`fences` starts the replicator through a wrapper that times `Source.fence` (the write lock the
-replicator takes, during which the application cannot commit) and logs those held > 5 ms, with
-the phase (checkpoint_start/finish, snapshot) they belong to. `perf` samples the replicator
+`fences` starts the replicator through a wrapper that times `DbHandles.fence` (the write lock
+the replicator takes, during which the application cannot commit) and logs those held > 5 ms,
+with the phase (move_mark, checkpoint_finish, snapshot_now) they belong to. `perf` samples the replicator
 with `perf record` (Linux perf, if installed) and prints the shares of the kernel, the Python
 interpreter, zstd, xxhash and our C scanner, then the top symbols. None changes replicator/.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -29,9 +30,9 @@ from .common import WORK
 
 _FENCE_WRAPPER = r'''
 import contextlib, os, sys, threading, time
-from replicator import source
+from replicator import checkpointer, handles, replication
 log = open(os.environ["FENCE_LOG"], "a", buffering=1)
-orig, local = source.Source.fence, threading.local()
+orig, local = handles.DbHandles.fence, threading.local()
 
 @contextlib.contextmanager
 def fence(self):
@@ -42,21 +43,22 @@ def fence(self):
             yield
         finally:
             held = time.perf_counter() - t1
-            if held > 0.005:
+            if held > float(os.environ.get("FENCE_MIN_MS", "5")) / 1000:
                 log.write(f"{held * 1000:.1f} {1000 * (t1 - t0):.1f} {getattr(local, 'phase', None) or 'copy'}\n")
-source.Source.fence = fence
-for name in ("checkpoint_start", "checkpoint_finish", "snapshot_now"):
-    f = getattr(source.Source, name, None)
-    if f is not None:
-        def wrap(f=f, name=name):
-            def inner(self, *a, **k):
-                prev, local.phase = getattr(local, "phase", None), name
-                try:
-                    return f(self, *a, **k)
-                finally:
-                    local.phase = prev
-            return inner
-        setattr(source.Source, name, wrap())
+handles.DbHandles.fence = fence
+
+def phase(f, name):
+    def inner(*a, **k):
+        prev, local.phase = getattr(local, "phase", None), name
+        try:
+            return f(*a, **k)
+        finally:
+            local.phase = prev
+    return inner
+checkpointer.finish = phase(checkpointer.finish, "checkpoint_finish")
+checkpointer.move_mark = phase(checkpointer.move_mark, "move_mark")
+replication.move_mark = checkpointer.move_mark
+replication.DbReplicator.snapshot_now = phase(replication.DbReplicator.snapshot_now, "snapshot_now")
 from replicator.cli import main
 sys.argv[0] = "replicator"
 main()
@@ -88,7 +90,6 @@ def main(argv: list[str] | None = None) -> None:
     exe = Path(sys.executable).parent / "replicator"
     if a.probe == "fences":
         (d / "wrapper.py").write_text(_FENCE_WRAPPER)
-        import os
         os.environ["FENCE_LOG"] = str(d / "fences.log")
         args = [sys.executable, str(d / "wrapper.py"), "replicate", str(db), f"file://{d / 'replica'}"]
     else:
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         after = _per_thread(tool.pid)
         cpu = procs.cpu_seconds(tool.pid) - cpu0
         dump = subprocess.run([str(Path(sys.executable).parent / "py-spy"), "dump", "--pid", str(tool.pid)],
-                              capture_output=True, text=True).stdout
+                              capture_output=True, text=True).stdout if a.probe == "threads" else ""
     finally:
         procs.stop(tool, 2, 60)
         procs.cleanup()
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         log = d / "fences.log"
         rows = [line.split() for line in log.read_text().splitlines()] if log.exists() else []
         rows.sort(key=lambda r: -float(r[0]))
-        print(f"  {len(rows)} fences held > 5 ms; longest (held ms, waited ms, phase):")
+        print(f"  {len(rows)} fences held > {os.environ.get('FENCE_MIN_MS', '5')} ms; longest (held ms, waited ms, phase):")
         for r in rows[:10]:
             print(f"  {r[0]:>8} {r[1]:>8}  {r[2]}")
 

@@ -63,8 +63,11 @@ class DbHandles:
         """
         if not os.path.exists(self.path):
             raise SourceError(f"database not found: {self.path}")
-        with open(self.path, "rb") as f:
-            head = f.read(16)
+        try:
+            with open(self.path, "rb") as f:
+                head = f.read(16)
+        except OSError as err:
+            raise SourceError(f"cannot read {self.path}: {err.strerror}") from None
         if head and head != b"SQLite format 3\x00":
             raise SourceError(f"not a SQLite database: {self.path}")
         try:
@@ -84,10 +87,14 @@ class DbHandles:
         except apsw.Error as err:
             self.close()
             raise SourceError(f"cannot open {self.path}: {err}") from None
-        self._db_fd = os.open(self.path, os.O_RDONLY)
-        self._wal_fd = os.open(self.wal_path, os.O_RDONLY)
-        self._shm_fd = os.open(self.shm_path, os.O_RDONLY)
-        self._shm = mmap.mmap(self._shm_fd, wal.SHM_HEADER_SIZE, mmap.MAP_SHARED, mmap.PROT_READ)
+        try:
+            self._db_fd = os.open(self.path, os.O_RDONLY)
+            self._wal_fd = os.open(self.wal_path, os.O_RDONLY)
+            self._shm_fd = os.open(self.shm_path, os.O_RDONLY)
+            self._shm = mmap.mmap(self._shm_fd, wal.SHM_HEADER_SIZE, mmap.MAP_SHARED, mmap.PROT_READ)
+        except OSError as err:
+            self.close()
+            raise SourceError(f"cannot open {self.path}: {err.strerror or err}") from None
         try:
             self.guard = CheckpointGuard(self.shm_path)
             self.guard.acquire()
@@ -164,6 +171,12 @@ class DbHandles:
         self.R.execute("COMMIT")
         self.R, self.R2 = self.R2, self.R
         self._spare = False
+
+    def adopt_spare(self) -> None:
+        """After R ended its transaction (inside a fence): the spare, begun before, becomes R."""
+        assert self.R is not None and self._spare and not self.reading
+        self.R, self.R2 = self.R2, self.R
+        self._spare, self.reading = False, True
 
     @contextlib.contextmanager
     def fence(self) -> Iterator[None]:

@@ -61,6 +61,7 @@ class Shipper:
         self.snapshots: dict[str, int] = {}  # key -> txid of snapshots present remotely
         self.segments_upto: dict[str, int] = {}  # generation -> highest txid present remotely
         self.snapshot_times: dict[str, int] = {}  # generation -> newest snapshot time (ns)
+        self.snapshot_generations: set[str] = set()  # generations with a snapshot here
         self.last_error: str | None = None
         self.last_error_kind: str | None = None
         self.consecutive_failures = 0
@@ -116,6 +117,7 @@ class Shipper:
         for gen in listing.generations:
             for snap in gen.snapshots:
                 self.snapshots[snap.key] = snap.txid
+                self.snapshot_generations.add(gen.name)
                 self.snapshot_times[gen.name] = max(self.snapshot_times.get(gen.name, 0),
                                                     snap.time_ms * 1_000_000)
             if gen.segments:
@@ -139,6 +141,7 @@ class Shipper:
         with self.lock:
             if isinstance(info, SnapshotInfo):
                 self.snapshots[info.key] = info.txid
+                self.snapshot_generations.add(info.generation)
                 txid = info.txid
             else:
                 self.segments_upto[info.generation] = max(self.segments_upto.get(info.generation, 0),
@@ -291,8 +294,7 @@ class Shipper:
         if gen in self.refused:
             return True
         with self.lock:
-            known = gen in self.segments_upto or any(
-                k.startswith(f"{layout.GENERATIONS}{gen}/") for k in self.snapshots)
+            known = gen in self.segments_upto or gen in self.snapshot_generations
         if known or not isinstance(info, SnapshotInfo) or info.txid > self.remote_last_txid:
             return False
         log.error("replica %s already holds txids up to %d: not uploading generation %s, which "

@@ -9,6 +9,7 @@ policy.py the decisions, replica.py each replica. This module only sequences the
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ DRAIN_TIMEOUT_S = 30.0  # on stop, how long to keep shipping to a replica that i
 RECOVERY_WAIT_S = 5.0  # at start, how long to wait for the replicas' listings
 RESTART_DELAY_S = (0.5, 30.0)  # backoff between attempts after an unexpected failure
 FAILURE_LOG_INTERVAL_S = 60.0
+SNAPSHOT_RETRY_S = (5.0, 300.0)  # backoff after a due snapshot failed to be written (min, max)
 # A new generation's first txid when some replica's history is unknown (unreachable at
 # start and no local state): at least the clock's seconds << 20, so it lies above any txid
 # an earlier generation can have reached unless that one averaged over 2^20 commits a
@@ -71,6 +73,9 @@ class DbReplicator:
         self._locked = False  # we hold the spool's flock
         self._open = False  # handles open and the tail taken up
         self._logged_at = -1e18
+        self._requests_seen = -1  # mtime of the requests directory when last looked into
+        self._snapshot_not_before = 0.0  # a snapshot that failed is retried after a backoff
+        self._snapshot_delay = SNAPSHOT_RETRY_S[0]
 
     @property
     def generation(self) -> str:
@@ -168,7 +173,7 @@ class DbReplicator:
                 delay = RESTART_DELAY_S[0]
             except ContinuityLost as err:
                 log.warning("%s: continuity lost (%s); starting a new generation", self.cfg.path, err)
-                self.restart_tail()
+                self._close_tail()  # the next turn opens it again, at once
             except Exception as err:  # noqa: BLE001 - one database's failure must not stop the others
                 self.error = err
                 now = time.monotonic()
@@ -204,9 +209,13 @@ class DbReplicator:
             last, self.spooler.batch_bytes = now, 0
             try:
                 self.step()
-            except SourceError as err:  # e.g. the fence timed out behind a long write transaction
-                log.warning("%s: %s; will retry", self.cfg.path, err)
-            self.error = None
+                self.error = None
+            except (SourceError, SpoolError) as err:  # a fence timed out behind a long write
+                self.error = err  # transaction, a snapshot found the disk full: next wake-up
+                now = time.monotonic()
+                if now - self._logged_at >= FAILURE_LOG_INTERVAL_S:
+                    log.warning("%s: %s; will retry", self.cfg.path, err)
+                    self._logged_at = now
 
     def _finish(self) -> None:
         """On stop: everything committed so far into the spool, durably (a clean restart then
@@ -323,8 +332,14 @@ class DbReplicator:
         facts = policy.SnapshotFacts(now, self.last_snapshot_ns, min(r.snapshot_interval_s for r in self.cfg.replicas),
                                      self.history_bytes, self.last_snapshot_bytes, self.cfg.snapshot_history_ratio,
                                      idle_s)
-        if policy.snapshot_due(facts):
-            self.snapshot_now()
+        if policy.snapshot_due(facts) and time.monotonic() >= self._snapshot_not_before:
+            try:
+                self.snapshot_now()
+                self._snapshot_delay = SNAPSHOT_RETRY_S[0]
+            except SpoolError:  # each attempt reads the whole image: back off
+                self._snapshot_not_before = time.monotonic() + self._snapshot_delay
+                self._snapshot_delay = min(SNAPSHOT_RETRY_S[1], self._snapshot_delay * 2)
+                raise
 
     def _joined_checkpoint(self) -> bool:
         """Collect a finished checkpoint cycle; True if it ended early (its error dealt with)."""
@@ -396,6 +411,14 @@ class DbReplicator:
         return max(times) if times else self.tail.now()
 
     def _serve_requests(self) -> None:
+        # A stat per wake-up, not a directory listing: requests are rare, wake-ups are not.
+        try:
+            changed = os.stat(self.spool.requests_dir).st_mtime_ns
+        except FileNotFoundError:
+            return
+        if changed == self._requests_seen:
+            return
+        self._requests_seen = changed
         for req in sorted(self.spool.requests_dir.glob("*.req")):
             name = req.read_text().strip() or None
             try:

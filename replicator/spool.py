@@ -164,17 +164,27 @@ class Spool:
         except OSError as err:
             raise SpoolError(f"cannot write the tail state in {self.state_dir}: {err.strerror}") from None
 
-    def append(self, generation: str, pos: Position, checksum: DbChecksum, changed: set[int]) -> bool:
+    def append(self, generation: str, pos: Position, checksum: DbChecksum, changed: set[int],
+               embed: list[tuple[str, bytes]] | None = None) -> bool:
         """Record one spooled batch (after its objects): new position and the hashes of the
         pages it changed. Not durable until sync(). True when the log has grown enough that
-        the caller should compact it (sync, then save_base)."""
-        meta = json.dumps(self._meta(generation, pos, checksum)).encode()
+        the caller should compact it (sync, then save_base).
+
+        `embed` carries the batch's objects in the record itself: then the log's own fsync
+        makes them durable, and the sync inside a checkpoint's fence needs no fsync of a new
+        file and its directory (sync(exclude=...)); a restart after a reboot writes back any
+        that did not reach the disk (`materialize`)."""
+        meta = self._meta(generation, pos, checksum)
         pairs = array("Q")
         for pgno in sorted(changed):
             if pgno <= checksum.n_pages:
                 pairs.append(pgno)
                 pairs.append(checksum.hashes[pgno - 1])
-        rec = self._frame(self._frame(meta) + pairs.tobytes())
+        meta["n_pairs"] = len(pairs) // 2
+        if embed:
+            meta["embedded"] = [[key, len(data)] for key, data in embed]
+        parts = [self._frame(json.dumps(meta).encode()), pairs.tobytes(), *(data for _, data in embed or ())]
+        rec = self._frame(b"".join(parts))
         with self._log_lock:
             if self._log_fd < 0:
                 raise SpoolError(f"{self.state_dir}: no tail state to append to (save_base first)")
@@ -185,8 +195,9 @@ class Spool:
             self._log_size += len(rec)
             return self._log_size > LOG_COMPACT_FACTOR * max(self._base_size, 1 << 20)
 
-    def sync(self) -> None:
-        """Make the spooled objects durable, then the log records that name them.
+    def sync(self, embedded: Iterable[str] = ()) -> None:
+        """Make the spooled objects durable, then the log records that name them (objects
+        whose keys are in `embedded` ride in their record: no fsync of their own now).
 
         The log's length is taken first: every record up to it was appended after its
         objects were put, so the objects pending at that moment include all of theirs.
@@ -199,7 +210,7 @@ class Spool:
             with self._log_lock:
                 log_id, covered = self._log_id, self._log_size
             try:
-                self.objects.sync()
+                self.objects.sync(exclude=embedded)
             except StorageError as err:
                 self._poisoned = True
                 raise SpoolError(f"cannot sync the spool {self.dir}: {err}") from None
@@ -236,7 +247,22 @@ class Spool:
         meta = _base_meta(base)
         if meta is None:
             return None
-        return _replay(base, log, None if meta.get("boot") == self.boot and self.boot else "markers")
+        embedded: list[tuple[str, memoryview]] = []
+        state = _replay(base, log, None if meta.get("boot") == self.boot and self.boot else "markers", embedded)
+        if state is not None:
+            self._materialize(embedded)
+        return state
+
+    def _materialize(self, embedded: list[tuple[str, memoryview]]) -> None:
+        """Objects carried in trusted log records whose files did not survive (an OS crash
+        after a fence's sync, before their own fsync) are written back from the log."""
+        for key, data in embedded:
+            try:
+                if self.objects.get(key) == data:
+                    continue
+            except StorageError:
+                pass
+            self.objects.put(key, bytes(data))
 
     def durable_state(self) -> TailState | None:
         """In this process: the state as of the last successful sync (or save_base)."""
@@ -272,9 +298,11 @@ def _base_meta(base: bytes) -> dict | None:
         return None
 
 
-def _replay(base: bytes, log: bytes, trust: str | None) -> TailState | None:
+def _replay(base: bytes, log: bytes, trust: str | None,
+            embedded: list[tuple[str, memoryview]] | None = None) -> TailState | None:
     """Base + log records (all valid ones, or with trust="markers" only those covered by the
-    last marker); None if anything disagrees."""
+    last marker); None if anything disagrees. The objects the applied records carry are
+    added to `embedded`."""
     try:
         meta_raw, rest = _unframe(base)
         hashes_raw, _ = _unframe(rest)
@@ -307,8 +335,14 @@ def _replay(base: bytes, log: bytes, trust: str | None) -> TailState | None:
                 break
             meta = rec_meta
             ck.resize(meta["n_pages"])
+            n_pairs = meta.get("n_pairs", len(pairs_raw) // 16)
             pairs = array("Q")
-            pairs.frombytes(pairs_raw)
+            pairs.frombytes(pairs_raw[:16 * n_pairs])
+            at = 16 * n_pairs
+            for key, length in meta.get("embedded", ()):
+                if embedded is not None:
+                    embedded.append((key, pairs_raw[at:at + length]))
+                at += length
             for i in range(0, len(pairs), 2):
                 ck.hashes[pairs[i] - 1] = pairs[i + 1]
         value = 0
@@ -376,8 +410,8 @@ class IndexedObjects:
     def stat(self, key: str) -> ObjectInfo:
         return self.inner.stat(key)
 
-    def sync(self) -> None:
-        self.inner.sync()
+    def sync(self, exclude: Iterable[str] = ()) -> None:
+        self.inner.sync(exclude)
 
     def sync_all(self) -> None:
         self.inner.sync_all()

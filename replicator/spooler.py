@@ -20,6 +20,7 @@ import contextlib
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from . import faults, layout
@@ -62,6 +63,7 @@ class Spooler:
         self._retry_at = 0.0
         self._delay = RETRY_DELAY_S[0]
         self._logged_at = -1e18
+        self._sync_pool: ThreadPoolExecutor | None = None
 
     # -- the copy path -------------------------------------------------------------------
 
@@ -92,18 +94,22 @@ class Spooler:
         self._spool(copied)
         return copied.n_tx
 
-    def _spool(self, copied: Copied) -> None:
+    def _spool(self, copied: Copied, embed: bool = False) -> list[str]:
+        """Segments, then the state record; with `embed` the record carries the segments too
+        (see Spool.append). Returns the keys put."""
         if not copied:
-            return
+            return []
         assert self.tail.checksum is not None and self.tail.pos is not None
         try:
             changed: set[int] = set()
+            objects: list[tuple[str, bytes]] = []
             for scanned in copied:
                 changed.update(scanned.changed)
-                self._put_segments(scanned)
+                objects.extend(self._put_segments(scanned))
                 self.batch_bytes += len(scanned.body)
             faults.point("spooled-unrecorded")
-            compact = self.spool.append(self.generation, self.tail.pos, self.tail.checksum, changed)
+            compact = self.spool.append(self.generation, self.tail.pos, self.tail.checksum, changed,
+                                        embed=objects if embed else None)
             if compact:  # a new base must not claim objects that are not durable yet
                 self.spool.sync()
                 self.spool.save_base(TailState(self.generation, self.tail.pos, self.tail.checksum.copy(),
@@ -111,11 +117,13 @@ class Spooler:
         except (SpoolError, StorageError, OSError) as err:
             raise self._fail(err) from None
         self.on_spooled()
+        return [key for key, _ in objects]
 
-    def _put_segments(self, s: Scanned) -> None:
+    def _put_segments(self, s: Scanned) -> list[tuple[str, bytes]]:
         """The records of one read as segments of at most SEGMENT_MAX_PAGE_BYTES (unless one
-        transaction is larger), split between transactions."""
+        transaction is larger), split between transactions; returns (key, bytes) of each."""
         ps, ends, records = self.tail.page_size, s.ends, memoryview(s.body)
+        out = []
         i, start = 0, 0
         while i < len(ends):
             j = max(i, bisect.bisect_right(ends, start + SEGMENT_MAX_PAGE_BYTES) - 1)
@@ -125,7 +133,9 @@ class Spooler:
             key = layout.segment_key(self.generation, first, last, s.time_ns, s.time_ns)
             self.spool.objects.put(key, data)
             self.history_bytes += len(data)
+            out.append((key, data))
             i, start = j + 1, ends[j]
+        return out
 
     def sync(self) -> None:
         """Make everything spooled so far durable (before the frames may leave the WAL).
@@ -138,6 +148,44 @@ class Spooler:
             with self.lock:
                 raise self._fail(err) from None
         self._recovered()
+
+    def spool_and_sync_in_background(self, copied: Copied) -> Callable[[], None]:
+        """Spool `copied` and sync, on the spooler's sync thread, while the caller (who holds
+        `lock`, inside a fence) does something else; returns a function that waits for both
+        and raises (after rolling back) as _spool() and sync() would. The segments ride in
+        their state record, so the sync is the log's fsync alone (plus anything spooled
+        since the caller's last sync: none, if it synced under `lock` just before).
+
+        The worker cannot spool meanwhile (it waits for `lock`), so the sync thread has the
+        encoder and the spool to itself."""
+        if self.failed is not None and not self._rolled_back:
+            raise self.failed
+        if self._sync_pool is None:
+            self._sync_pool = ThreadPoolExecutor(1, thread_name_prefix="spool-sync")
+
+        sync_failed: list[SpoolError] = []
+
+        def job() -> None:
+            keys = self._spool(copied, embed=True)  # a failure here has rolled back already
+            try:
+                self.spool.sync(embedded=keys)  # the log's fsync carries these
+            except SpoolError as err:
+                sync_failed.append(err)
+                raise
+
+        future = self._sync_pool.submit(job)
+
+        def wait() -> None:
+            try:
+                future.result()
+            except SpoolError as err:
+                if sync_failed:
+                    with self.lock:
+                        raise self._fail(err) from None
+                raise
+            self._recovered()
+
+        return wait
 
     # -- failure and recovery ------------------------------------------------------------
 

@@ -112,10 +112,10 @@ class _FailingSync:
         self.failing = True
         live.spool.sync = self  # type: ignore[method-assign]
 
-    def __call__(self) -> None:
+    def __call__(self, *args, **kwargs) -> None:
         if self.failing:
             raise SpoolError("cannot sync the spool: Input/output error (injected)")
-        self.real()
+        self.real(*args, **kwargs)
 
 
 def test_a_failed_sync_moves_no_mark_and_lets_no_restart_happen(db):

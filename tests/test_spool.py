@@ -171,3 +171,22 @@ def test_append_says_when_the_log_should_be_compacted(spool, monkeypatch):
     ck = _checksum(3)
     spool.save_base(TailState(GEN, _pos(1), ck.copy()))
     assert spool.append(GEN, _pos(2), ck, {1})
+
+
+def test_objects_carried_in_the_log_are_written_back_after_a_reboot(spool, tmp_path):
+    """A fence's tail rides in its state record (one fsync of the log instead of a new file
+    and its directory): after a reboot that lost the file, the log brings it back."""
+    ck = _checksum(3)
+    spool.save_base(TailState(GEN, _pos(1), ck.copy()))
+    key = layout.segment_key(GEN, 2, 2, 2_000_000, 2_000_000)
+    data = b"segment bytes carried by the log"
+    spool.objects.put(key, data)
+    ck.update(2, bytes([7]) * 4096)
+    spool.append(GEN, _pos(2), ck, {2}, embed=[(key, data)])
+    spool.sync(embedded=[key])
+    assert spool.objects.inner._unsynced  # its own fsync is left for a later sync
+    (spool.dir / "objects" / key).unlink()
+    again = Spool(str(tmp_path / "app.db"), boot="boot-2")
+    state = again.load()
+    assert state.pos == _pos(2) and state.checksum.value == ck.value
+    assert again.objects.get(key) == data

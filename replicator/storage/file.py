@@ -147,16 +147,19 @@ class FileStorage:
         except OSError:
             return None  # no hard links here (other filesystem, permissions): copy instead
 
-    def sync(self) -> None:
-        """Make every object written since the last sync durable (files, then directories).
+    def sync(self, exclude: Iterable[str] = ()) -> None:
+        """Make every object written since the last sync durable (files, then directories);
+        the keys in `exclude` stay pending for the next sync (their bytes are durable elsewhere
+        meanwhile: the spool's state log carries them).
 
         On failure every path taken stays pending (none is forgotten, so a later sync cannot
         "succeed" over it), and the error is raised: after a failed fsync the kernel may
         have dropped the data, so the caller must treat these objects as lost and write
         them again (PostgreSQL's fsync lesson), not merely retry the fsync.
         """
+        skip = {self._spath(k) for k in exclude}
         with self._unsynced_lock:
-            paths, self._unsynced = self._unsynced, set()
+            paths, self._unsynced = self._unsynced - skip, self._unsynced & skip
         try:
             self._fsync_paths(paths)
         except OSError as err:
