@@ -377,3 +377,22 @@ def test_the_writer_waits_for_frames_in_body_order():
         snap, value = make_snapshot(MANY, [4, 8])
     _, got, trailer = read_snapshot(snap)
     assert got == b"".join(MANY) and trailer.db_checksum == value == checksum_of(MANY)
+
+
+def test_a_failed_early_writeback_of_a_snapshot_is_raised_by_finish(tmp_path, monkeypatch):
+    """The early fdatasync runs on a dup of the file's descriptor: the same open file, whose
+    writeback error Linux reports once. It used to be swallowed there, so the final fsync
+    never saw it and a snapshot the disk had failed to write was published as good."""
+    monkeypatch.setattr(segment, "SNAPSHOT_WRITEBACK_BYTES", 1)
+
+    def eio(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(segment.os, "fdatasync", eio)
+    ps = 4096
+    with open(tmp_path / "snap", "wb") as out:
+        writer = SnapshotWriter(out, "20261201T000000Z-abcdef", ps, 1, 1, 64)
+        for i in range(8):
+            writer.write_pages(bytes([i]) * ps * 8)
+        with pytest.raises(OSError, match="Input/output error"):
+            writer.finish()
