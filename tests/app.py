@@ -20,13 +20,14 @@ sqlite3 CLI, a process per write (--cli).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import subprocess
 import sys
 
 import apsw
+
+from workload import content_hash, db_state  # noqa: F401  (the same tables: meta, items)
 
 SCHEMA = ("CREATE TABLE IF NOT EXISTS meta(id INTEGER PRIMARY KEY CHECK (id = 1), n INTEGER NOT NULL);"
           "INSERT OR IGNORE INTO meta VALUES (1, 0);"
@@ -53,23 +54,6 @@ def op_sql(seed: int, k: int) -> str:
             stmts.append(f"INSERT INTO items(k, body) VALUES ({k}, X'{rng.randbytes(rng.randint(100, 2000)).hex()}')")
     stmts.append(f"UPDATE meta SET n = {k} WHERE id = 1")
     return "BEGIN; " + "; ".join(stmts) + "; COMMIT;"
-
-
-def content_hash(conn: apsw.Connection) -> str:
-    h = hashlib.sha256()
-    for table in ("meta", "items"):
-        for row in conn.execute(f"SELECT * FROM {table} ORDER BY id"):
-            h.update(repr(row).encode())
-    return h.hexdigest()
-
-
-def db_state(path: str) -> tuple[int, str]:
-    """(k, content hash) of a database file, opened read-only and immutable."""
-    conn = apsw.Connection(f"file:{path}?immutable=1", flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
-    try:
-        return conn.execute("SELECT n FROM meta").fetchall()[0][0], content_hash(conn)
-    finally:
-        conn.close()
 
 
 def expected_hashes(seed: int, ks: set[int]) -> dict[int, str]:

@@ -89,3 +89,14 @@ def fault_proxy() -> Any:
     yield make
     for proxy in proxies:
         proxy.close()
+
+
+@pytest.fixture
+def app_db(tmp_path):
+    """(path, connection) of an application's database in WAL mode with a table t."""
+    from livedb import app_connection
+
+    path = tmp_path / "app.db"
+    conn = app_connection(path)
+    yield path, conn
+    conn.close()

@@ -12,15 +12,7 @@ import pytest
 from replicator.checkpointer import Checkpointer, backfill_tail, finish, move_mark
 from replicator.errors import SpoolError
 
-from livedb import LiveTail, app_connection
-
-
-@pytest.fixture
-def db(tmp_path):
-    path = tmp_path / "app.db"
-    conn = app_connection(path)
-    yield path, conn
-    conn.close()
+from livedb import LiveTail
 
 
 def _write(app, n, size=500):
@@ -34,8 +26,8 @@ def _checkpoint(live: LiveTail) -> None:
     assert finish(live.handles, live.spooler, max_tail=None)
 
 
-def test_a_checkpoint_lets_the_next_write_restart_the_wal_and_nothing_is_missed(db):
-    path, app = db
+def test_a_checkpoint_lets_the_next_write_restart_the_wal_and_nothing_is_missed(app_db):
+    path, app = app_db
     live = LiveTail(path).start()
     try:
         _write(app, 20)
@@ -50,8 +42,8 @@ def test_a_checkpoint_lets_the_next_write_restart_the_wal_and_nothing_is_missed(
         live.close()
 
 
-def test_application_checkpoints_cannot_destroy_uncopied_frames(db):
-    path, app = db
+def test_application_checkpoints_cannot_destroy_uncopied_frames(app_db):
+    path, app = app_db
     live = LiveTail(path).start()
     try:
         _write(app, 50)
@@ -65,10 +57,10 @@ def test_application_checkpoints_cannot_destroy_uncopied_frames(db):
         live.close()
 
 
-def test_move_mark_moves_it_without_a_fence_and_loses_nothing(db):
+def test_move_mark_moves_it_without_a_fence_and_loses_nothing(app_db):
     """The spare reader begins before R ends: application checkpoints still cannot restart
     the WAL past an uncopied frame, whether the new mark is above 0 or on 0 (design 4)."""
-    path, app = db
+    path, app = app_db
     live = LiveTail(path).start()
     try:
         _write(app, 20)
@@ -91,8 +83,8 @@ def test_move_mark_moves_it_without_a_fence_and_loses_nothing(db):
         live.close()
 
 
-def test_fenced_move_mark_returns_the_exact_view(db):
-    path, app = db
+def test_fenced_move_mark_returns_the_exact_view(app_db):
+    path, app = app_db
     live = LiveTail(path).start()
     try:
         _write(app, 7)
@@ -118,8 +110,8 @@ class _FailingSync:
         self.real(*args, **kwargs)
 
 
-def test_a_failed_sync_moves_no_mark_and_lets_no_restart_happen(db):
-    path, app = db
+def test_a_failed_sync_moves_no_mark_and_lets_no_restart_happen(app_db):
+    path, app = app_db
     live = LiveTail(path).start()
     failing = _FailingSync(live)
     try:
@@ -146,8 +138,8 @@ def test_a_failed_sync_moves_no_mark_and_lets_no_restart_happen(db):
         live.close()
 
 
-def test_the_cycle_runs_on_its_thread_and_reports_what_stopped_it(db):
-    path, app = db
+def test_the_cycle_runs_on_its_thread_and_reports_what_stopped_it(app_db):
+    path, app = app_db
     live = LiveTail(path).start()
     done = threading.Event()
     cycle = Checkpointer(live.handles, live.spooler, threading.Event(), done.set)

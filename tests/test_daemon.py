@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
-import time
 
 import apsw
 
@@ -15,6 +13,8 @@ from replicator.demo import content_hash
 from replicator.plan import Target
 from replicator.restore import restore
 from replicator.storage import open_storage
+
+from integration.harness import wait_for
 
 
 def _db(path):
@@ -27,14 +27,6 @@ def _db(path):
 def _cfg(db, replica) -> DbConfig:
     return DbConfig(path=str(db), replicas=(ReplicaConfig(name="file", url=f"file://{replica}", type="file",
                                                           path=str(replica)),), monitor_interval_s=0.05)
-
-
-def _until(predicate, what, timeout=30.0):
-    tick = threading.Event()
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        tick.wait(0.02)
 
 
 def _restored(replica, out):
@@ -64,13 +56,13 @@ def test_a_failing_database_is_retried_alone_and_the_others_go_on(tmp_path, monk
     with caplog.at_level(logging.INFO):
         daemon.start()
         try:
-            _until(lambda: f"replicating {b} to " in caplog.text, "b to start")
+            wait_for(lambda: f"replicating {b} to " in caplog.text, 30, "b to start", interval=0.02)
             for i in range(20):
                 for c in conns:
                     c.execute("INSERT INTO t(v) VALUES (?)", (b"x" * 100 * (i + 1),))
-            _until(lambda: len(failures) >= 3, "the injected failures")
-            _until(lambda: rep_b.shippers[0].shipped_txid >= 21, "b to keep replicating")
-            _until(lambda: rep_a.shippers[0].shipped_txid >= rep_a.tail.pos.txid > 1, "a to replicate again")
+            wait_for(lambda: len(failures) >= 3, 30, "the injected failures", interval=0.02)
+            wait_for(lambda: rep_b.shippers[0].shipped_txid >= 21, 30, "b to keep replicating", interval=0.02)
+            wait_for(lambda: rep_a.shippers[0].shipped_txid >= rep_a.tail.pos.txid > 1, 30, "a to replicate again", interval=0.02)
         finally:
             assert daemon.shutdown()
     assert "a bug in the worker" in caplog.text and "Traceback" in caplog.text
@@ -92,14 +84,14 @@ def test_a_database_that_cannot_be_opened_yet_starts_once_it_can(tmp_path, monke
     with caplog.at_level(logging.INFO):
         daemon.start()
         try:
-            _until(lambda: f"replicating {b} to " in caplog.text, "b to start")
+            wait_for(lambda: f"replicating {b} to " in caplog.text, 30, "b to start", interval=0.02)
             conn_b.execute("INSERT INTO t(v) VALUES (x'01')")
-            _until(lambda: "not a SQLite database" in caplog.text, "a's failure to be reported")
-            _until(lambda: daemon.replicators[1].shippers[0].shipped_txid >= 2, "b to replicate")
+            wait_for(lambda: "not a SQLite database" in caplog.text, 30, "a's failure to be reported", interval=0.02)
+            wait_for(lambda: daemon.replicators[1].shippers[0].shipped_txid >= 2, 30, "b to replicate", interval=0.02)
             a.unlink()
             conn_a = _db(a)
             conn_a.execute("INSERT INTO t(v) VALUES (x'02')")
-            _until(lambda: f"replicating {a} to " in caplog.text, "a to start")
+            wait_for(lambda: f"replicating {a} to " in caplog.text, 30, "a to start", interval=0.02)
         finally:
             assert daemon.shutdown()
     assert caplog.text.count("not a SQLite database") < 5  # logged once a minute, not per attempt

@@ -8,20 +8,11 @@ import pytest
 from replicator.errors import SourceError
 from replicator.handles import DbHandles
 
-from livedb import app_connection
 
 
-@pytest.fixture
-def db(tmp_path):
-    path = tmp_path / "app.db"
-    conn = app_connection(path)
-    yield path, conn
-    conn.close()
-
-
-def test_open_holds_no_read_transaction_until_asked(db):
+def test_open_holds_no_read_transaction_until_asked(app_db):
     """The caller begins R inside a fence: until then nothing of ours holds the WAL."""
-    path, app = db
+    path, app = app_db
     h = DbHandles(str(path))
     h.open()
     try:
@@ -39,8 +30,8 @@ def test_open_holds_no_read_transaction_until_asked(db):
         h.close()
 
 
-def test_the_fence_stops_commits_and_ends_with_its_block(db):
-    path, app = db
+def test_the_fence_stops_commits_and_ends_with_its_block(app_db):
+    path, app = app_db
     h = DbHandles(str(path), busy_timeout_s=0.05)
     h.open()
     app.set_busy_timeout(0)
@@ -56,8 +47,8 @@ def test_the_fence_stops_commits_and_ends_with_its_block(db):
         h.close()
 
 
-def test_the_fence_times_out_behind_a_long_write_transaction(db):
-    path, app = db
+def test_the_fence_times_out_behind_a_long_write_transaction(app_db):
+    path, app = app_db
     h = DbHandles(str(path), busy_timeout_s=0.05)
     h.open()
     try:
@@ -72,10 +63,10 @@ def test_the_fence_times_out_behind_a_long_write_transaction(db):
         h.close()
 
 
-def test_promote_spare_never_leaves_the_wal_unheld(db):
+def test_promote_spare_never_leaves_the_wal_unheld(app_db):
     """R ends only after the spare began: an application TRUNCATE (which needs every reader
     gone) fails at every step."""
-    path, app = db
+    path, app = app_db
     h = DbHandles(str(path))
     h.open()
     try:
@@ -110,8 +101,8 @@ def test_a_missing_database_is_named(tmp_path):
         DbHandles(str(tmp_path / "absent.db")).open()
 
 
-def test_replaced_notices_another_file_under_the_path(db, tmp_path):
-    path, app = db
+def test_replaced_notices_another_file_under_the_path(app_db, tmp_path):
+    path, app = app_db
     h = DbHandles(str(path))
     h.open()
     try:

@@ -8,15 +8,7 @@ import pytest
 from replicator.checkpointer import move_mark
 from replicator.image import read_image
 
-from livedb import LiveTail, app_connection
-
-
-@pytest.fixture
-def db(tmp_path):
-    path = tmp_path / "app.db"
-    conn = app_connection(path)
-    yield path, conn
-    conn.close()
+from livedb import LiveTail
 
 
 def _open_image(tmp_path, data: bytes) -> apsw.Connection:
@@ -25,9 +17,9 @@ def _open_image(tmp_path, data: bytes) -> apsw.Connection:
     return apsw.Connection(f"file:{copy}?immutable=1", flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
 
 
-def test_image_is_the_database_as_of_mxframe(db, tmp_path):
+def test_image_is_the_database_as_of_mxframe(app_db, tmp_path):
     """Pages from the WAL overlay the file; commits after R's snapshot are not in the image."""
-    path, app = db
+    path, app = app_db
     live = LiveTail(path).start()
     try:
         for i in range(30):
@@ -47,10 +39,10 @@ def test_image_is_the_database_as_of_mxframe(db, tmp_path):
         live.close()
 
 
-def test_image_chunks_read_the_file_and_overlay_the_wal_across_chunk_boundaries(db, tmp_path, monkeypatch):
+def test_image_chunks_read_the_file_and_overlay_the_wal_across_chunk_boundaries(app_db, tmp_path, monkeypatch):
     """Chunks of a few pages: pages from the file, pages replaced by WAL frames, and pages
     past the file's end (only in the WAL) all land in the right place of the right chunk."""
-    path, app = db
+    path, app = app_db
     for i in range(40):
         app.execute("INSERT INTO t(v) VALUES (?)", (bytes([i]) * 1500,))
     app.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # these pages now live in the file

@@ -24,6 +24,8 @@ from replicator.snapshot_cmd import take_snapshot
 from replicator.storage import Transient, open_storage
 from replicator.storage.file import FileStorage
 
+from integration.harness import wait_for
+
 
 def _file_replica(path) -> ReplicaConfig:
     return ReplicaConfig(name="file", url=f"file://{path}", type="file", path=str(path))
@@ -361,14 +363,6 @@ class _Down:
         return call
 
 
-def _wait(predicate, what, timeout=30.0):
-    done = threading.Event()
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        done.wait(0.02)
-
-
 def _run_with_outage(cfg, storage, clock_ns=time.time_ns, writes=(), conn=None) -> DbReplicator:
     """Start with the store down (a fresh spool cannot see what the replica holds), write,
     bring the store back, stop cleanly."""
@@ -422,7 +416,7 @@ def test_a_generation_whose_txids_the_replica_holds_is_refused_and_replaced(tmp_
     rep = _run_with_outage(cfg, store(), clock_ns=fake_now.__next__, writes=[(10, 5)], conn=conn)
     try:
         refused = rep.generation
-        _wait(lambda: refused in rep._refused, "the replica to refuse the generation")
+        wait_for(lambda: refused in rep._refused, 30, "the replica to refuse the generation", interval=0.02)
         with pytest.raises(ContinuityLost, match="refused"):
             rep.step()
         rep.restart_tail()

@@ -17,15 +17,7 @@ from replicator.errors import SpoolError
 from replicator.spool import Spool
 from replicator.storage.file import FileStorage
 
-from livedb import LiveTail, app_connection
-
-
-@pytest.fixture
-def db(tmp_path):
-    path = tmp_path / "app.db"
-    conn = app_connection(path)
-    yield path, conn
-    conn.close()
+from livedb import LiveTail
 
 
 def _write(app, n):
@@ -74,8 +66,8 @@ def _spooled_txids(spool: Spool) -> list[int]:
 
 
 @pytest.mark.parametrize("where", ["objects", "log"])
-def test_a_full_spool_loses_nothing_and_resumes_by_itself(db, monkeypatch, caplog, where):
-    path, app = db
+def test_a_full_spool_loses_nothing_and_resumes_by_itself(app_db, monkeypatch, caplog, where):
+    path, app = app_db
     live = LiveTail(path).start()
     try:
         _write(app, 10)
@@ -108,8 +100,8 @@ def test_a_full_spool_loses_nothing_and_resumes_by_itself(db, monkeypatch, caplo
         live.close()
 
 
-def test_while_failed_nothing_is_retried_before_the_backoff(db, monkeypatch):
-    path, app = db
+def test_while_failed_nothing_is_retried_before_the_backoff(app_db, monkeypatch):
+    path, app = app_db
     live = LiveTail(path).start()
     try:
         fault = _Fault(monkeypatch, errno.ENOSPC)
@@ -124,10 +116,10 @@ def test_while_failed_nothing_is_retried_before_the_backoff(db, monkeypatch):
         live.close()
 
 
-def test_a_failed_fsync_removes_what_lies_past_the_durable_state(db, monkeypatch, caplog):
+def test_a_failed_fsync_removes_what_lies_past_the_durable_state(app_db, monkeypatch, caplog):
     """Segments spooled after the last good sync may have been dropped by the kernel when
     an fsync failed: they are deleted and copied again from the WAL, which still has them."""
-    path, app = db
+    path, app = app_db
     live = LiveTail(path).start()
     try:
         _write(app, 4)
@@ -155,9 +147,9 @@ def test_a_failed_fsync_removes_what_lies_past_the_durable_state(db, monkeypatch
         live.close()
 
 
-def test_compaction_writes_a_base_a_restart_reads_back(db, monkeypatch, tmp_path):
+def test_compaction_writes_a_base_a_restart_reads_back(app_db, monkeypatch, tmp_path):
     monkeypatch.setattr("replicator.spool.LOG_COMPACT_FACTOR", 0)  # compact at every batch
-    path, app = db
+    path, app = app_db
     live = LiveTail(path).start()
     try:
         for _ in range(3):
