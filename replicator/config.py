@@ -26,7 +26,6 @@ DEFAULT_FILE_SYNC_INTERVAL_S = 0.0  # local disk: ship on every wake-up (RPO of 
 DEFAULT_S3_SYNC_INTERVAL_S = 1.0  # object stores: at most one PUT a second while writes flow
 DEFAULT_MONITOR_INTERVAL_S = 1.0  # fallback poll when no file event arrives
 MIN_CHECKPOINT_PAGES = 1000  # ~4 MB of WAL at 4 KiB pages: SQLite's own autocheckpoint size
-MAX_CHECKPOINT_PAGES = 200_000  # ~800 MB: past this an emergency TRUNCATE keeps the disk safe
 DEFAULT_BUSY_TIMEOUT_S = 5.0
 DEFAULT_CHECKPOINT_INTERVAL_S = 60.0  # idle checkpoint so a quiet WAL does not linger
 # A snapshot once the compressed segments since the newest one reach this many times its
@@ -62,7 +61,6 @@ class ReplicaConfig:
     retention_check_interval_s: float = 3600.0
     snapshot_interval_s: float = DEFAULT_SNAPSHOT_INTERVAL_S
     sync_interval_s: float = DEFAULT_FILE_SYNC_INTERVAL_S
-    validation_interval_s: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +70,6 @@ class DbConfig:
     monitor_interval_s: float = DEFAULT_MONITOR_INTERVAL_S
     checkpoint_interval_s: float = DEFAULT_CHECKPOINT_INTERVAL_S
     min_checkpoint_page_count: int = MIN_CHECKPOINT_PAGES
-    max_checkpoint_page_count: int = MAX_CHECKPOINT_PAGES
     busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S
     snapshot_history_ratio: float = DEFAULT_SNAPSHOT_HISTORY_RATIO
 
@@ -80,7 +77,6 @@ class DbConfig:
 @dataclasses.dataclass(frozen=True)
 class Config:
     dbs: tuple[DbConfig, ...]
-    addr: str | None = None
     source: str | None = None  # the file it came from, for messages
 
 
@@ -95,11 +91,22 @@ _REPLICA_KEYS = {"url", "type", "name", "path", "bucket", "region", "endpoint", 
                  "retention-check-interval", "snapshot-interval", "validation-interval",
                  "sync-interval", "part-size", "concurrency", "sse-customer-algorithm",
                  "sse-customer-key", "sse-customer-key-path", "sse-kms-key-id", "age"}
-_IGNORED = {"logging", "log-level", "exec", "mcp-addr", "snapshot", "levels", "l0-retention",
-            "l0-retention-check-interval", "shutdown-sync-timeout", "shutdown-sync-interval",
-            "meta-path", "truncate-page-n", "validation-interval", "dir", "pattern", "recursive",
-            "watch", "sse-customer-algorithm", "sse-customer-key", "sse-customer-key-path",
-            "sse-kms-key-id", "age"}
+# Litestream keys this version knows but does not implement: refused with a reason, never
+# accepted and ignored (a user who configured encryption must not get plaintext replicas).
+_ENCRYPTION = "encryption is not implemented yet: the replica would be written in plaintext; remove the key"
+_NOT_YET = "a Litestream key this version does not implement yet; remove it"
+_UNSUPPORTED = {
+    "age": _ENCRYPTION, "sse-customer-algorithm": _ENCRYPTION, "sse-customer-key": _ENCRYPTION,
+    "sse-customer-key-path": _ENCRYPTION, "sse-kms-key-id": _ENCRYPTION,
+    "addr": "Prometheus metrics are not served yet; remove the key",
+    "mcp-addr": _NOT_YET, "exec": _NOT_YET, "logging": _NOT_YET, "log-level": _NOT_YET, "snapshot": _NOT_YET,
+    "levels": _NOT_YET, "l0-retention": _NOT_YET, "l0-retention-check-interval": _NOT_YET,
+    "shutdown-sync-timeout": _NOT_YET, "shutdown-sync-interval": _NOT_YET, "meta-path": _NOT_YET,
+    "truncate-page-n": "there is no emergency TRUNCATE checkpoint (docs/design.md 4.4); remove it",
+    "max-checkpoint-page-count": "there is no emergency TRUNCATE checkpoint (docs/design.md 4.4); remove it",
+    "validation-interval": _NOT_YET, "dir": _NOT_YET, "pattern": _NOT_YET, "recursive": _NOT_YET,
+    "watch": _NOT_YET,
+}
 _ENV = re.compile(r"\$(\{(\w+)\}|(\w+))")
 
 
@@ -144,8 +151,11 @@ class _Parser:
         if not isinstance(value, dict):
             raise self.fail(key_path or "(top level)", "expected a mapping")
         for key in value:
+            where = f"{key_path}.{key}" if key_path else str(key)
+            if key in _UNSUPPORTED and key in allowed:
+                raise self.fail(where, _UNSUPPORTED[key])
             if key not in allowed:
-                raise self.fail(f"{key_path}.{key}" if key_path else str(key), "unknown key")
+                raise self.fail(where, "unknown key")
         return value
 
     def duration(self, value: Any, key_path: str) -> float:
@@ -187,10 +197,7 @@ class _Parser:
         for i, p in enumerate(paths):
             if p in paths[:i]:
                 raise self.fail(f"dbs[{i}].path", f"duplicate database {p}")
-        addr = top.get("addr")
-        if addr is not None:
-            addr = self.string(addr, "addr")
-        return Config(dbs=dbs, addr=addr, source=self.source)
+        return Config(dbs=dbs, source=self.source)
 
     def db(self, raw: Any, kp: str, creds: tuple[str | None, str | None]) -> DbConfig:
         d = self.mapping(raw, kp, _DB_KEYS)
@@ -218,14 +225,11 @@ class _Parser:
             ("checkpoint-interval", "checkpoint_interval_s", self.duration),
             ("busy-timeout", "busy_timeout_s", self.duration),
             ("min-checkpoint-page-count", "min_checkpoint_page_count", lambda v, k: self.integer(v, k, 1)),
-            ("max-checkpoint-page-count", "max_checkpoint_page_count", lambda v, k: self.integer(v, k, 1)),
             ("snapshot-history-ratio", "snapshot_history_ratio", self.ratio),
         ):
             if key in d:
                 kwargs[attr] = conv(d[key], f"{kp}.{key}")
         cfg = DbConfig(path=path, replicas=tuple(replicas), **kwargs)
-        if cfg.max_checkpoint_page_count < cfg.min_checkpoint_page_count:
-            raise self.fail(f"{kp}.max-checkpoint-page-count", "must be >= min-checkpoint-page-count")
         return cfg
 
     def replica(self, raw: Any, kp: str, creds: tuple[str | None, str | None], index: int) -> ReplicaConfig:
@@ -277,7 +281,6 @@ class _Parser:
             ("retention-check-interval", "retention_check_interval_s"),
             ("snapshot-interval", "snapshot_interval_s"),
             ("sync-interval", "sync_interval_s"),
-            ("validation-interval", "validation_interval_s"),
         ):
             if key in r:
                 fields[attr] = self.duration(r[key], f"{kp}.{key}")

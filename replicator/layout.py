@@ -2,6 +2,7 @@
 
     replica.json                                    format version, db name, page size
     lease.json                                      single-writer lease
+    compactor.lease.json                            the compactor's lease (one compactor per replica)
     generations/<gen>/snapshots/<txid>_<ms>[_<name>].snap.zst
     generations/<gen>/segments/<first>-<last>_<t0ms>-<t1ms>.seg.zst
 
@@ -21,6 +22,7 @@ from .storage.base import ObjectInfo
 
 REPLICA_META = "replica.json"
 LEASE = "lease.json"
+COMPACTOR_LEASE = "compactor.lease.json"  # the compactor's own: it and the replicator run side by side
 GENERATIONS = "generations/"
 _GEN = re.compile(r"^\d{8}T\d{6}(\d{3})?Z-[0-9a-f]{6}$")
 _SNAP = re.compile(r"^([0-9a-f]{16})_(\d{13})(?:_([A-Za-z0-9._-]{1,64}))?\.snap\.zst$")
@@ -135,7 +137,7 @@ def parse_listing(objects: Iterable[ObjectInfo]) -> Listing:
     for obj in objects:
         info = parse_key(obj.key, obj.size)
         if info is None:
-            if obj.key not in (REPLICA_META, LEASE):
+            if obj.key not in (REPLICA_META, LEASE, COMPACTOR_LEASE):
                 unknown.append(obj.key)
             continue
         g = gens.setdefault(info.generation, Generation(info.generation))

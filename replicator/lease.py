@@ -137,10 +137,10 @@ def _conditional(storage: Storage) -> bool:
     return bool(getattr(storage, "conditional_writes", True))
 
 
-def _read(storage: Storage) -> tuple[dict[str, Any] | None, str | None]:
+def _read(storage: Storage, key: str = LEASE_KEY) -> tuple[dict[str, Any] | None, str | None]:
     """(record, etag); (None, None) when absent. A garbled record counts as expired."""
     try:
-        data, etag = storage.get_with_etag(LEASE_KEY)
+        data, etag = storage.get_with_etag(key)
     except NotFound:
         return None, None
     try:
@@ -149,7 +149,7 @@ def _read(storage: Storage) -> tuple[dict[str, Any] | None, str | None]:
             raise ValueError("not an object")
         float(record.get("expires_at", 0)), float(record.get("acquired_at", 0))
     except (ValueError, TypeError):
-        log.warning("%s/%s is not a valid lease; treating it as expired", storage.url, LEASE_KEY)
+        log.warning("%s/%s is not a valid lease; treating it as expired", storage.url, key)
         return None, etag
     return record, etag
 
@@ -168,8 +168,10 @@ class Lease:
 
     def __init__(self, storage: Storage, owner: str, ttl_s: float, now: Callable[[], float],
                  etag: str | None, acquired_at: float, *, sleep: Callable[[float], None] = time.sleep,
-                 monotonic: Callable[[], float] = time.monotonic, settle_s: float = SETTLE_S):
+                 monotonic: Callable[[], float] = time.monotonic, settle_s: float = SETTLE_S,
+                 key: str = LEASE_KEY, role: str = "replicator"):
         self.storage, self.owner, self.ttl_s, self._now = storage, owner, ttl_s, now
+        self.key, self.role = key, role
         self._sleep, self._monotonic, self.settle_s = sleep, monotonic, settle_s
         self.etag, self.acquired_at = etag, acquired_at
         self.token = uuid.uuid4().hex
@@ -183,12 +185,12 @@ class Lease:
                 "pid": os.getpid(), "acquired_at": self.acquired_at, "expires_at": t + self.ttl_s}
 
     def _lost(self, record: dict[str, Any] | None) -> LeaseHeld:
-        who = describe(record) if record else "another replicator"
+        who = describe(record) if record else f"another {self.role}"
         if self.expires_at == 0.0:  # never held: a contender got there between our read and write
             return LeaseHeld(f"{self.storage.url}: replica is held by {who}",
-                             "another replicator is writing this replica; stop it or wait for the lease to expire")
+                             f"another {self.role} is writing this replica; stop it or wait for the lease to expire")
         return LeaseHeld(f"{self.storage.url}: lease lost to {who}",
-                         "another replicator is writing this replica; stop one of them")
+                         f"another {self.role} is writing this replica; stop one of them")
 
     def _write(self, mine: dict[str, Any]) -> None:
         """Compare-and-swap `mine` over the record at self.etag.
@@ -204,14 +206,14 @@ class Lease:
         for _ in range(CAS_ATTEMPTS):
             doubt: Transient | None = None
             try:
-                self.etag = self.storage.put_if_match(LEASE_KEY, data, etag)
+                self.etag = self.storage.put_if_match(self.key, data, etag)
                 self.expires_at = mine["expires_at"]
                 return
             except PreconditionFailed:
                 pass
             except Transient as err:
                 doubt = err
-            record, current = _read(self.storage)
+            record, current = _read(self.storage, self.key)
             if record is not None and record.get("token") == self.token:
                 if record == mine:  # ours landed; only the answer was lost
                     self.etag, self.expires_at = current, mine["expires_at"]
@@ -221,7 +223,7 @@ class Lease:
             if doubt is not None and current == etag:
                 raise doubt
             raise self._lost(record)
-        raise Transient(f"{self.storage.url}/{LEASE_KEY}: lease write did not settle in {CAS_ATTEMPTS} attempts")
+        raise Transient(f"{self.storage.url}/{self.key}: lease write did not settle in {CAS_ATTEMPTS} attempts")
 
     def _settle(self, mine: dict[str, Any], read_at: float, ours_until: float | None) -> None:
         """A plain PUT of `mine` where the store has no conditional writes, then proof that
@@ -250,7 +252,7 @@ class Lease:
             raise ValueError(f"lease ttl ({self.ttl_s} s) must exceed twice the settle delay ({self.settle_s} s)")
         failure: Transient | None = None
         try:
-            self.storage.put(LEASE_KEY, _encode(mine))
+            self.storage.put(self.key, _encode(mine))
         except Transient as err:
             failure = err
         took = self._monotonic() - read_at
@@ -259,14 +261,14 @@ class Lease:
             self._fence()
             self._gone = LeaseHeld(f"{self.storage.url}: lease given up after a lease write took {took:.1f} s",
                                    "the store was too slow to prove this replicator alone; restart it")
-            raise Transient(f"{self.storage.url}/{LEASE_KEY}: a lease write took {took:.1f} s, more than half "
+            raise Transient(f"{self.storage.url}/{self.key}: a lease write took {took:.1f} s, more than half "
                             f"the {self.settle_s:g} s settle delay: it may have displaced another holder, so "
                             f"the lease is fenced until it expires") from None
         if failure is not None:
             raise failure
         if not still_ours:
             self._sleep(self.settle_s)
-            record, _ = _read(self.storage)
+            record, _ = _read(self.storage, self.key)
             if record is None or record.get("token") != self.token:
                 raise self._lost(record)
         self.expires_at = mine["expires_at"]
@@ -281,9 +283,9 @@ class Lease:
         while a displaced holder still ships (docs/design.md, section 5).
         """
         try:
-            record, _ = _read(self.storage)
+            record, _ = _read(self.storage, self.key)
             if record is not None and record.get("token") == self.token:
-                self.storage.put(LEASE_KEY, _encode({**self._record(), "token": FENCED}))
+                self.storage.put(self.key, _encode({**self._record(), "token": FENCED}))
         except StorageError as err:
             log.warning("%s: could not fence the lease after a slow write: %s", self.storage.url, err)
 
@@ -301,7 +303,7 @@ class Lease:
                 except Unsupported:
                     _note_fallback(self.storage, self.settle_s)
             read_at = self._monotonic()
-            record, _ = _read(self.storage)
+            record, _ = _read(self.storage, self.key)
             if record is None or record.get("token") != self.token:
                 raise self._lost(record)
             self._settle(self._record(), read_at, ours_until=float(record.get("expires_at", 0)))
@@ -316,9 +318,9 @@ class Lease:
         be undone. That needs our lease to have expired in that instant, and the successor's
         next renew then fails loudly rather than silently sharing the replica.
         """
-        record, _ = _read(self.storage)
+        record, _ = _read(self.storage, self.key)
         if record is not None and record.get("token") == self.token:
-            self.storage.delete_many([LEASE_KEY])
+            self.storage.delete_many([self.key])
         self.etag = None
 
 
@@ -329,7 +331,7 @@ def _note_fallback(storage: Storage, settle_s: float) -> None:
 
 def acquire(storage: Storage, owner: str, ttl_s: float, now: Callable[[], float] = time.time, *,
             sleep: Callable[[float], None] = time.sleep, monotonic: Callable[[], float] = time.monotonic,
-            settle_s: float = SETTLE_S) -> Lease:
+            settle_s: float = SETTLE_S, key: str = LEASE_KEY, role: str = "replicator") -> Lease:
     """Take the lease if absent, expired or already `owner`'s; else raise LeaseHeld naming the holder.
 
     Already ours means the same owner string: a restarted replicator takes its own lease back
@@ -343,17 +345,18 @@ def acquire(storage: Storage, owner: str, ttl_s: float, now: Callable[[], float]
     if ttl_s <= 0 or settle_s <= 0:
         raise ValueError("lease ttl and settle delay must be positive")
     read_at = monotonic()
-    record, etag = _read(storage)
+    record, etag = _read(storage, key)
     t = now()
     live = record is not None and float(record.get("expires_at", 0)) > t
     ours = record is not None and record.get("owner") == owner and record.get("token") != FENCED
     if live and not ours:
         assert record is not None
-        raise LeaseHeld(f"{storage.url}: replica is held by {describe(record)}",
-                        "another replicator is writing this replica; stop it or wait for the lease to expire")
+        raise LeaseHeld(f"{storage.url}: {key} is held by {describe(record)}" if key != LEASE_KEY
+                        else f"{storage.url}: replica is held by {describe(record)}",
+                        f"another {role} is working on this replica; stop it or wait for the lease to expire")
     acquired_at = float(record.get("acquired_at", t)) if record is not None and ours else t
     lease = Lease(storage, owner, ttl_s, now, etag, acquired_at, sleep=sleep, monotonic=monotonic,
-                  settle_s=settle_s)
+                  settle_s=settle_s, key=key, role=role)
     if _conditional(storage):
         try:
             lease._write(lease._record())

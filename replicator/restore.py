@@ -26,7 +26,7 @@ from .layout import SegmentInfo
 from .plan import Plan, Target, plan_restore
 from .prefetch import prefetch
 from .segment import SnapshotReader, Transaction, decode_segment
-from .storage import Storage, StorageError
+from .storage import NotFound, Storage, StorageError
 from .storage.file import fsync_dir
 
 log = logging.getLogger(__name__)
@@ -56,11 +56,21 @@ def restore(storage: Storage, output: str | os.PathLike, target: Target = Target
         raise OutputExists(f"output file {out} already exists", "use --force to overwrite it")
     if not out.parent.is_dir():
         raise RestoreError(f"output directory {out.parent} does not exist")
-    listing = layout.parse_listing(storage.list(layout.GENERATIONS))
-    plan = plan_restore(listing, target, now_ns())
     tmp = out.with_name(f".{out.name}.restoring-{uuid.uuid4().hex[:8]}")
     try:
-        result = _apply(storage, plan, tmp, parallelism)
+        for attempt in (1, 2):
+            listing = layout.parse_listing(storage.list(layout.GENERATIONS))
+            plan = plan_restore(listing, target, now_ns())
+            try:
+                result = _apply(storage, plan, tmp, parallelism)
+                break
+            except NotFound as err:
+                # The compactor merged or retired an object of the plan since the listing:
+                # plan again from a fresh one (once: a second miss is a real hole).
+                tmp.unlink(missing_ok=True)
+                if attempt == 2:
+                    raise RestoreError(f"cannot read replica: {err}") from None
+                log.info("%s; planning the restore again from a fresh listing", err)
         with cf.ThreadPoolExecutor(1) as pool:  # the fsync and SQLite's check overlap
             synced = pool.submit(_fsync, tmp)
             if verify:
@@ -73,7 +83,7 @@ def restore(storage: Storage, output: str | os.PathLike, target: Target = Target
         fsync_dir(out.parent)
     finally:
         tmp.unlink(missing_ok=True)
-    txid, time_ns, size, ps = result
+    txid, time_ns, size, ps, _ = result
     return RestoreResult(str(out), plan.generation, txid, time_ns, size, ps, plan.snapshot.key,
                          len(plan.segments), time.monotonic() - started)
 
@@ -123,7 +133,18 @@ class _Output:
         return value
 
 
-def _apply(storage: Storage, plan: Plan, tmp: Path, parallelism: int) -> tuple[int, int, int, int]:
+def build_image(storage: Storage, plan: Plan, path: Path, parallelism: int = DEFAULT_PARALLELISM
+                ) -> tuple[int, int, int, int, int]:
+    """Write the database `plan` reaches into the new file `path`, proven against the
+    recorded checksum: (txid, time_ns, db_size_pages, page_size, db_checksum). The compactor
+    builds replica-side snapshots with it."""
+    try:
+        return _apply(storage, plan, path, parallelism)
+    except NotFound as err:
+        raise RestoreError(f"cannot read replica: {err}") from None
+
+
+def _apply(storage: Storage, plan: Plan, tmp: Path, parallelism: int) -> tuple[int, int, int, int, int]:
     snap = plan.snapshot
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
     out = _Output(fd)
@@ -164,7 +185,9 @@ def _apply(storage: Storage, plan: Plan, tmp: Path, parallelism: int) -> tuple[i
         if actual != checksum:
             raise CorruptObject(plan.snapshot.key, f"restored database checksum {actual:016x} != recorded "
                                 f"{checksum:016x} at txid {txid}")
-        return txid, time_ns, db_size, ps
+        return txid, time_ns, db_size, ps, checksum
+    except NotFound:
+        raise  # the caller may plan again
     except StorageError as err:
         raise RestoreError(f"cannot read replica: {err}") from None
     finally:

@@ -436,3 +436,27 @@ class SnapshotReader:
         if trailer.body_len != self._body_len or trailer.body_hash != self._hasher.intdigest():
             raise CorruptObject(self.key, "body checksum mismatch")
         return trailer
+
+
+def verify_stream(f: BinaryIO, key: str, size: int) -> Header:
+    """Check an object's header, body hash and trailer as stored, without decompressing:
+    proves the bytes a store holds are the bytes written (the compactor reads back what it
+    wrote before anything may rely on it)."""
+    header = parse_header(f.read(HEADER_SIZE), key)
+    remaining = size - HEADER_SIZE - TRAILER_SIZE
+    if remaining < 0:
+        raise CorruptObject(key, "truncated (shorter than header and trailer)")
+    hasher, body_len = xxhash.xxh64(), remaining
+    while remaining:
+        chunk = f.read(min(SNAPSHOT_CHUNK, remaining))
+        if not chunk:
+            raise CorruptObject(key, "truncated body")
+        hasher.update(chunk)
+        remaining -= len(chunk)
+    tail = f.read(TRAILER_SIZE)
+    if len(tail) != TRAILER_SIZE or f.read(1):
+        raise CorruptObject(key, "truncated or padded (trailer)")
+    trailer = parse_trailer(tail, key)
+    if trailer.body_len != body_len or trailer.body_hash != hasher.intdigest():
+        raise CorruptObject(key, "body checksum mismatch")
+    return header

@@ -1,0 +1,171 @@
+"""The retention compactor: executes retention.py's plans on one replica, pass by pass.
+
+A pass is: the compactor's lease (two compactors never both delete), one LIST, the pure plan,
+then its steps in the order that keeps every point of the window restorable at every
+instant, so that a SIGKILL anywhere leaves a replica that restores:
+
+1. build each replica-side snapshot (a restore to its txid into a temp file, proven against
+   the recorded checksum, written as a snapshot, read back and checked), then
+2. write each merged segment (a concatenation of verified inputs), read it back and check it,
+3. only then delete, in DeleteObjects batches: what retention retires and the merged inputs.
+
+Objects stay immutable (new names, never rewritten); a crash between 2 and 3 leaves a merged
+object beside its inputs, which restore takes in its stride (overlaps are allowed) and the
+next pass retires (`retention` plans a covered segment's deletion once its cover is checked).
+It needs only the replica, never the live database, so it can run anywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+from . import faults, layout, lease
+from .errors import CorruptObject, ReplicatorError
+from .plan import Plan
+from .restore import build_image
+from .layout import SnapshotInfo
+from .retention import CompactionPlan, Policy, Synthesis, retain
+from .segment import SNAPSHOT_FRAME, SnapshotWriter, decode_segment, merge_segments, verify_stream
+from .storage import Storage
+
+log = logging.getLogger(__name__)
+
+LEASE_TTL_S = 3600.0  # renewed at every pass; a crashed compactor's lease lapses within the hour
+
+
+@dataclasses.dataclass
+class PassSummary:
+    replica: str
+    deleted: int = 0
+    deleted_bytes: int = 0
+    merged_inputs: int = 0
+    merged_outputs: int = 0
+    snapshots: int = 0
+    snapshot_bytes: int = 0
+    objects_before: int = 0
+    earliest_ns: int | None = None
+    seconds: float = 0.0
+    dry_run: bool = False
+
+    def line(self) -> str:
+        from .durations import format_timestamp
+
+        what = "would delete" if self.dry_run else "deleted"
+        earliest = format_timestamp(self.earliest_ns) if self.earliest_ns is not None else "-"
+        return (f"compact {self.replica}: {what} {self.deleted} objects ({self.deleted_bytes:,} bytes), "
+                f"merged {self.merged_inputs} segments into {self.merged_outputs}, built {self.snapshots} "
+                f"snapshots ({self.snapshot_bytes:,} bytes); {self.objects_before} objects before; "
+                f"earliest restorable {earliest}; {self.seconds:.2f}s")
+
+
+def owner_id() -> str:
+    """A compactor's lease owner: unique per process (a restarted compactor waits for its
+    predecessor's lease only if that one did not release it)."""
+    return f"{socket.gethostname()}:compactor:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Compactor:
+    def __init__(self, storage: Storage, policy: Policy, owner: str | None = None,
+                 clock_ns: Callable[[], int] = time.time_ns, work_dir: str | None = None):
+        self.storage = storage
+        self.policy = policy
+        self.owner = owner or owner_id()
+        self.clock_ns = clock_ns
+        self.work_dir = work_dir
+        self.lease: lease.Lease | None = None
+
+    def plan(self) -> tuple[CompactionPlan, int]:
+        """One LIST, then the pure plan; (plan, objects listed)."""
+        objects = list(self.storage.list(layout.GENERATIONS))
+        return retain(layout.parse_listing(objects), self.policy, self.clock_ns()), len(objects)
+
+    def run_pass(self, dry_run: bool = False) -> PassSummary:
+        started = time.monotonic()
+        summary = PassSummary(self.storage.url, dry_run=dry_run)
+        if not dry_run:
+            self._hold_lease()
+        plan, summary.objects_before = self.plan()
+        summary.earliest_ns = plan.earliest_ns
+        if dry_run:
+            summary.deleted, summary.deleted_bytes = len(plan.deletions), plan.deleted_bytes
+            summary.merged_inputs = sum(len(m.inputs) for m in plan.merges) + sum(len(c.covered) for c in plan.covered)
+            summary.merged_outputs, summary.snapshots = len(plan.merges), len(plan.syntheses)
+            summary.seconds = time.monotonic() - started
+            return summary
+        built: dict[str, SnapshotInfo] = {}  # generation -> the snapshot built last this pass
+        for synth in plan.syntheses:
+            summary.snapshot_bytes += self._build_snapshot(synth, built)
+            summary.snapshots += 1
+        retired: list[str] = list(plan.deletions)
+        for c in plan.covered:  # the cover may be a crashed pass's unchecked merge: check it first
+            decode_segment(self.storage.get(c.cover.key), c.cover.key)
+            retired.extend(s.key for s in c.covered)
+            summary.merged_inputs += len(c.covered)
+        for merge in plan.merges:
+            datas = [self.storage.get(s.key) for s in merge.inputs]  # merge_segments checks each
+            merged = merge_segments(datas, [s.key for s in merge.inputs])
+            self.storage.put(merge.key, merged)
+            faults.point("compact-merged")
+            decode_segment(self.storage.get(merge.key), merge.key)  # what the store holds, whole
+            retired.extend(s.key for s in merge.inputs if s.key != merge.key)
+            summary.merged_inputs += len(merge.inputs)
+            summary.merged_outputs += 1
+        if retired:
+            faults.point("compact-delete")
+            self.storage.delete_many(retired)
+        summary.deleted, summary.deleted_bytes = len(plan.deletions), plan.deleted_bytes
+        summary.seconds = time.monotonic() - started
+        return summary
+
+    def _hold_lease(self) -> None:
+        if self.lease is None:
+            self.lease = lease.acquire(self.storage, self.owner, LEASE_TTL_S, key=layout.COMPACTOR_LEASE,
+                                       role="compactor")
+        else:
+            self.lease.renew()
+
+    def release(self) -> None:
+        if self.lease is not None:
+            try:
+                self.lease.release()
+            except ReplicatorError as err:
+                log.warning("compact %s: could not release the lease: %s", self.storage.url, err)
+            self.lease = None
+
+    def _build_snapshot(self, synth: Synthesis, built: dict[str, SnapshotInfo]) -> int:
+        """The snapshot at synth.txid: restored into a temp file (proven against the checksum
+        the segments record), written as a snapshot object, read back and checked."""
+        base = synth.base or built[synth.generation]  # None: the one this pass built just before
+        plan = Plan(synth.generation, base, synth.segments, synth.txid, None, synth.txid)
+        with tempfile.TemporaryDirectory(prefix="replicator-compact-", dir=self.work_dir) as d:
+            path = Path(d) / "image.db"
+            txid, time_ns, db_size, page_size, checksum = build_image(self.storage, plan, path)
+            key = layout.snapshot_key(synth.generation, txid, time_ns)
+            snap_path = Path(d) / "snapshot"
+            with open(path, "rb") as image, open(snap_path, "wb") as out:
+                writer = SnapshotWriter(out, synth.generation, page_size, txid, time_ns, db_size)
+                step = max(page_size, SNAPSHOT_FRAME // page_size * page_size)
+                while chunk := image.read(step):
+                    writer.write_pages(chunk)
+                value = writer.finish()
+                out.flush()
+                os.fsync(out.fileno())
+            if value != checksum:
+                raise CorruptObject(key, f"built image hashes to {value:016x}, the segments record {checksum:016x}")
+            size = snap_path.stat().st_size
+            with open(snap_path, "rb") as f:
+                self.storage.put(key, f)
+        faults.point("compact-snapshot")
+        with self.storage.open(key) as f:
+            verify_stream(f, key, self.storage.stat(key).size)
+        built[synth.generation] = SnapshotInfo(synth.generation, txid, time_ns // 1_000_000, None, key, size)
+        log.info("compact %s: built snapshot %s (%d pages)", self.storage.url, key, db_size)
+        return size

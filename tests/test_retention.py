@@ -1,0 +1,167 @@
+"""retention.py: the pure compaction planner against model listings (tests/strategies.py).
+
+The properties are stated against restore's own planner: whatever a pass deletes, merges or
+adds, every point of the window that could be restored before still can, to the same txid.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from replicator import layout
+from replicator.errors import RestoreError
+from replicator.layout import SegmentInfo, SnapshotInfo
+from replicator.plan import Target, plan_restore
+from replicator.retention import MS, CompactionPlan, Policy, retain
+from replicator.storage.base import ObjectInfo
+from strategies import ReplicaCase, replica_cases
+
+FAST = settings(max_examples=150, deadline=None)
+
+
+def _after(case: ReplicaCase, plan: CompactionPlan) -> layout.Listing:
+    """The listing once the plan has run: deletions and merged inputs gone, merged objects
+    and built snapshots added (their names as the compactor gives them)."""
+    objs = {o.key: o for o in case.objects()}
+    for key in plan.deletions:
+        objs.pop(key)
+    for c in plan.covered:
+        for s in c.covered:
+            objs.pop(s.key)
+    for m in plan.merges:
+        for s in m.inputs:
+            objs.pop(s.key)
+        objs[m.key] = ObjectInfo(m.key, m.size)
+    for s in plan.syntheses:
+        key = layout.snapshot_key(s.generation, s.txid, case.gen(s.generation).times_ms[s.txid] * MS)
+        objs[key] = ObjectInfo(key, 1000)
+    return layout.parse_listing(objs.values())
+
+
+def _outcome(listing: layout.Listing, target: Target, now_ns: int):
+    """(generation, txid) a restore would reach, or None if it cannot be planned."""
+    try:
+        p = plan_restore(listing, target, now_ns)
+    except RestoreError:
+        return None
+    return p.generation, p.stop_txid
+
+
+policies = st.builds(Policy, st.one_of(st.none(), st.floats(0, 40.0)), st.sampled_from([0.0, 0.05, 0.5, 3.0]),
+                     st.sampled_from([(), ((0.001, 0.002),), ((0.002, 0.005), (0.01, 0.02))]), st.just(0))
+
+
+@FAST
+@given(replica_cases(), policies, st.integers(0, 60_000))
+def test_every_txid_committed_in_the_window_stays_restorable(case, policy, ahead_ms):
+    now_ns = (case.last_time_ms + ahead_ms) * MS
+    plan = retain(case.listing, policy, now_ns)
+    after = _after(case, plan)
+    window_ns = None if policy.retention_s is None else now_ns - int(policy.retention_s * 1e9)
+    for g in case.gens:
+        for txid in range(g.first_txid, g.last_txid + 1):
+            if txid not in g.times_ms:
+                continue
+            before = _outcome(case.listing, Target(txid=txid), now_ns)
+            if before is None:
+                continue
+            if window_ns is None or g.times_ms[txid] * MS >= window_ns:
+                assert _outcome(after, Target(txid=txid), now_ns) == before, (txid, plan)
+
+
+@FAST
+@given(replica_cases(), policies, st.integers(0, 60_000), st.data())
+def test_every_time_in_the_window_restores_to_what_it_did(case, policy, ahead_ms, data):
+    now_ns = (case.last_time_ms + ahead_ms) * MS
+    plan = retain(case.listing, policy, now_ns)
+    after = _after(case, plan)
+    lo = case.gens[0].start_ms * MS
+    if policy.retention_s is not None:
+        lo = max(lo, now_ns - int(policy.retention_s * 1e9))
+    for _ in range(8):
+        t = data.draw(st.integers(lo, now_ns))
+        try:
+            before = plan_restore(case.listing, Target(time_ns=t), now_ns)
+        except RestoreError:
+            continue
+        got = plan_restore(after, Target(time_ns=t), now_ns)
+        assert got.generation == before.generation
+        # The same last transaction at or before t: the chain may differ (merged, or from a
+        # newer snapshot), the state it reaches may not.
+        assert _reaches(got, t, case) == _reaches(before, t, case)
+
+
+def _reaches(p, t_ns, case) -> int:
+    g = case.gen(p.generation)
+    upto = max([p.snapshot.txid] + [s.last_txid for s in p.segments])
+    return max(x for x, ms in g.times_ms.items() if x <= upto and (x == p.snapshot.txid or ms * MS <= t_ns))
+
+
+@FAST
+@given(replica_cases(), policies, st.integers(0, 60_000))
+def test_the_newest_snapshot_and_named_ones_are_never_deleted(case, policy, ahead_ms):
+    now_ns = (case.last_time_ms + ahead_ms) * MS
+    plan = retain(case.listing, policy, now_ns)
+    newest = case.listing.generations[-1].snapshots[-1]
+    assert newest.key not in plan.deletions
+    for g in case.listing.generations:
+        for s in g.snapshots:
+            if s.name:
+                assert s.key not in plan.deletions
+
+
+@FAST
+@given(replica_cases(overlaps=False), policies, st.integers(0, 60_000))
+def test_merges_join_consecutive_segments_of_one_generation(case, policy, ahead_ms):
+    plan = retain(case.listing, policy, (case.last_time_ms + ahead_ms) * MS)
+    merged = set()
+    for m in plan.merges:
+        assert len(m.inputs) >= 2
+        assert len({s.generation for s in m.inputs}) == 1
+        for a, b in zip(m.inputs, m.inputs[1:]):
+            assert b.first_txid == a.last_txid + 1
+        info = layout.parse_key(m.key)
+        assert isinstance(info, SegmentInfo)
+        assert (info.first_txid, info.last_txid) == (m.inputs[0].first_txid, m.inputs[-1].last_txid)
+        assert not merged & {s.key for s in m.inputs} and not {s.key for s in m.inputs} & set(plan.deletions)
+        merged |= {s.key for s in m.inputs}
+
+
+@FAST
+@given(replica_cases(overlaps=False), st.integers(0, 60_000))
+def test_syntheses_build_on_a_snapshot_with_a_contiguous_chain(case, ahead_ms):
+    policy = Policy(None, snapshot_ratio=1e-6, min_snapshot_history_bytes=0)
+    plan = retain(case.listing, policy, (case.last_time_ms + ahead_ms) * MS)
+    assert plan.syntheses or all(b <= g.snapshots[-1] for g in case.gens for _, b in g.segments)
+    prev = {}
+    for s in plan.syntheses:
+        base_txid = s.base.txid if s.base is not None else prev[s.generation]
+        pos = base_txid
+        for seg in s.segments:
+            assert seg.first_txid <= pos + 1 <= seg.last_txid
+            pos = seg.last_txid
+        prev[s.generation] = s.txid
+
+
+def test_retention_deletes_what_lies_wholly_before_the_snapshot_at_the_window_start():
+    g1, g2 = "20260101T000000000Z-aaaaaa", "20260102T000000000Z-bbbbbb"
+    objs = [ObjectInfo(layout.snapshot_key(g1, 1, 1_000 * MS), 10),
+            ObjectInfo(layout.segment_key(g1, 2, 5, 1_001 * MS, 2_000 * MS), 10),
+            ObjectInfo(layout.snapshot_key(g2, 6, 3_000 * MS), 10),
+            ObjectInfo(layout.segment_key(g2, 7, 9, 3_001 * MS, 4_000 * MS), 10),
+            ObjectInfo(layout.snapshot_key(g2, 9, 4_000 * MS), 10),
+            ObjectInfo(layout.segment_key(g2, 10, 12, 4_001 * MS, 9_000 * MS), 10),
+            ObjectInfo(layout.snapshot_key(g1, 1, 1_000 * MS, "before-migration"), 10)]
+    plan = retain(layout.parse_listing(objs), Policy(retention_s=5.0, snapshot_ratio=0), 10_000 * MS)
+    # The window starts at 5 s: the snapshot at txid 9 (4 s) is what it needs.
+    assert set(plan.deletions) == {objs[0].key, objs[1].key, objs[2].key, objs[3].key}
+    assert plan.earliest_ns == 4_000 * MS
+    assert isinstance(layout.parse_key(objs[6].key), SnapshotInfo)  # the named one stays
+
+
+def test_no_retention_deletes_nothing():
+    g = "20260101T000000000Z-aaaaaa"
+    objs = [ObjectInfo(layout.snapshot_key(g, 1, 1_000 * MS), 10),
+            ObjectInfo(layout.segment_key(g, 2, 5, 1_001 * MS, 2_000 * MS), 10)]
+    assert retain(layout.parse_listing(objs), Policy(None, snapshot_ratio=0), 10**18).deletions == ()
