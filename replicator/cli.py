@@ -298,6 +298,30 @@ for _kind in ("generations", "snapshots", "segments"):
 
 
 @cli.command()
+@click.option("-c", "--config", "config_path", default=config_mod.DEFAULT_CONFIG_PATH, show_default=True)
+@click.option("--once", is_flag=True, help="One pass over every replica, then exit (cron, a systemd timer).")
+@click.option("--dry-run", is_flag=True, help="Print what a pass would delete, merge and build; change nothing.")
+@handle_errors
+def compact(config_path: str, once: bool, dry_run: bool) -> None:
+    """The retention compactor: enforce each replica's retention, merge small segments, and
+    build snapshots on the replica side (a pass every retention-check-interval)."""
+    from .compactor import Compactor, Scheduler
+    from .retention import Policy
+
+    config = config_mod.load(config_path)
+    jobs = []
+    for db in config.dbs:
+        for r in db.replicas:
+            policy = Policy(r.retention_s if r.retention_enabled else None, db.snapshot_history_ratio)
+            jobs.append((Compactor(open_storage(r), policy), r.retention_check_interval_s))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    if not Scheduler(jobs).run(stop, once=once, dry_run=dry_run, emit=click.echo):
+        raise ReplicatorError("a compaction pass failed (see the log above)")
+
+
+@cli.command()
 def version() -> None:
     """Print the version."""
     click.echo(f"replicator {__version__}")

@@ -169,3 +169,65 @@ class Compactor:
         built[synth.generation] = SnapshotInfo(synth.generation, txid, time_ns // 1_000_000, None, key, size)
         log.info("compact %s: built snapshot %s (%d pages)", self.storage.url, key, db_size)
         return size
+
+
+def describe_plan(plan: CompactionPlan) -> list[str]:
+    """What a pass would do, one line an action (--dry-run)."""
+    lines = [f"delete {key}" for key in plan.deletions]
+    for c in plan.covered:
+        lines += [f"delete {s.key} ({s.size:,} bytes; covered by {c.cover.key})" for s in c.covered]
+    for m in plan.merges:
+        lines.append(f"merge {len(m.inputs)} segments ({m.size:,} bytes) into {m.key}")
+    for s in plan.syntheses:
+        base = f"the snapshot at txid {s.base.txid}" if s.base else "the snapshot built before it"
+        lines.append(f"build a snapshot of generation {s.generation} at txid {s.txid} from {base} and "
+                     f"{len(s.segments)} segments ({sum(x.size for x in s.segments):,} bytes)")
+    return lines
+
+
+class Scheduler:
+    """`replicator compact`: every replica of a config, a pass each retention-check-interval.
+
+    Each replica fails alone (logged, tried again at its next pass); the process ends only
+    when told to, or after one pass with --once (non-zero if a pass failed).
+    """
+
+    def __init__(self, jobs: list[tuple[Compactor, float]], clock: Callable[[], float] = time.monotonic):
+        self.jobs = jobs  # (compactor, interval in seconds)
+        self.clock = clock
+
+    def run(self, stop, once: bool = False, dry_run: bool = False,
+            emit: Callable[[str], None] = print) -> bool:
+        due = {id(c): 0.0 for c, _ in self.jobs}
+        ok = True
+        try:
+            while not stop.is_set():
+                now = self.clock()
+                for comp, interval in self.jobs:
+                    if due[id(comp)] > now:
+                        continue
+                    due[id(comp)] = now + interval
+                    ok &= self._one(comp, dry_run, emit)
+                if once or dry_run:
+                    return ok
+                stop.wait(max(0.0, min(due.values()) - self.clock()))
+            return ok
+        finally:
+            for comp, _ in self.jobs:
+                comp.release()
+
+    def _one(self, comp: Compactor, dry_run: bool, emit: Callable[[str], None]) -> bool:
+        try:
+            if dry_run:
+                plan, _ = comp.plan()
+                for line in describe_plan(plan) or ["nothing to do"]:
+                    emit(f"{comp.storage.url}: {line}")
+            summary = comp.run_pass(dry_run=dry_run)
+        except ReplicatorError as err:
+            log.error("compact %s: %s", comp.storage.url, err)
+            return False
+        except Exception:  # noqa: BLE001 - one replica's bug must not stop the others
+            log.exception("compact %s failed (a bug)", comp.storage.url)
+            return False
+        log.info("%s", summary.line())
+        return True

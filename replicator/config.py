@@ -21,6 +21,7 @@ from .errors import ConfigError
 
 DEFAULT_CONFIG_PATH = "/etc/replicator.yml"
 DEFAULT_RETENTION_S = 720 * 3600.0  # 30 days: the window users expect from Litestream
+DEFAULT_RETENTION_CHECK_INTERVAL_S = 3600.0  # the compactor's pass interval
 DEFAULT_SNAPSHOT_INTERVAL_S = 24 * 3600.0  # one full image a day bounds restore replay
 DEFAULT_FILE_SYNC_INTERVAL_S = 0.0  # local disk: ship on every wake-up (RPO of milliseconds)
 DEFAULT_S3_SYNC_INTERVAL_S = 1.0  # object stores: at most one PUT a second while writes flow
@@ -58,7 +59,10 @@ class ReplicaConfig:
     path: str | None = None  # file replicas: the root directory
     s3: S3Options | None = None
     retention_s: float = DEFAULT_RETENTION_S
-    retention_check_interval_s: float = 3600.0
+    # False (Litestream 0.5's `retention: {enabled: false}`): the compactor merges and builds
+    # snapshots but deletes nothing; a bucket lifecycle rule does that.
+    retention_enabled: bool = True
+    retention_check_interval_s: float = DEFAULT_RETENTION_CHECK_INTERVAL_S
     snapshot_interval_s: float = DEFAULT_SNAPSHOT_INTERVAL_S
     sync_interval_s: float = DEFAULT_FILE_SYNC_INTERVAL_S
 
@@ -276,8 +280,15 @@ class _Parser:
                 overrides["force_path_style"] = True  # S3-compatible stores rarely do virtual hosts
             fields["s3"] = dataclasses.replace(s3, **overrides)
             fields.setdefault("sync_interval_s", DEFAULT_S3_SYNC_INTERVAL_S)
+        if isinstance(r.get("retention"), dict):
+            ret = self.mapping(r["retention"], f"{kp}.retention", {"enabled", "duration"})
+            if "enabled" in ret:
+                fields["retention_enabled"] = self.boolean(ret["enabled"], f"{kp}.retention.enabled")
+            if "duration" in ret:
+                fields["retention_s"] = self.duration(ret["duration"], f"{kp}.retention.duration")
+        elif "retention" in r:
+            fields["retention_s"] = self.duration(r["retention"], f"{kp}.retention")
         for key, attr in (
-            ("retention", "retention_s"),
             ("retention-check-interval", "retention_check_interval_s"),
             ("snapshot-interval", "snapshot_interval_s"),
             ("sync-interval", "sync_interval_s"),

@@ -11,8 +11,8 @@ every point of the window [now - retention, now] restorable (docs/design.md sect
   segments ending at or before S*'s txid) is needed by no point in the window. Named
   snapshots are kept (they are deleted only on request), and the newest snapshot of the
   newest generation always is.
-- **Merging.** Consecutive segments of one generation whose first commit falls in the same
-  completed time bucket are concatenated into one object (no recompression, every
+- **Merging.** Consecutive segments of one generation whose first commits fall in the same
+  time bucket, once it is over, are concatenated into one object (no recompression, every
   transaction record kept): buckets of MERGE_LEVELS' spans once they are older than their
   age. The number of objects a replica holds is then bounded by the window over the spans,
   whatever the commit rate.
@@ -121,9 +121,23 @@ def retain(listing: Listing, policy: Policy, now_ns: int) -> CompactionPlan:
     covered = [c for g in kept for c in _covered(g, deleted)]
     skip = dict(deleted) | {s.key: s.size for c in covered for s in c.covered}
     merges = [m for g in kept for m in _merges(g, policy, now_ns, skip)]
-    syntheses = [s for g in kept for s in _syntheses(g, policy, skip)][:MAX_SYNTHESES_PER_PASS]
+    syntheses = _newest_first([s for g in kept for s in _syntheses(g, policy, skip)])[:MAX_SYNTHESES_PER_PASS]
     return CompactionPlan(tuple(sorted(deleted)), tuple(merges), tuple(syntheses), earliest,
                           sum(deleted.values()), tuple(covered))
+
+
+def _newest_first(syntheses: list[Synthesis]) -> list[Synthesis]:
+    """Chains of syntheses (one on an existing snapshot, then those built on it) with the
+    most recent history first, each chain in its own order: a pass limited to a few builds
+    first bounds what the latest restore replays."""
+    chains: list[list[Synthesis]] = []
+    for s in syntheses:
+        if s.base is None and chains:
+            chains[-1].append(s)
+        else:
+            chains.append([s])
+    chains.sort(key=lambda c: (c[0].generation, c[0].base.txid if c[0].base else 0), reverse=True)
+    return [s for c in chains for s in c]
 
 
 def _covered(gen: Generation, deleted: dict[str, int]) -> list[Covered]:
@@ -182,14 +196,15 @@ def _merges(gen: Generation, policy: Policy, now_ns: int, deleted: dict[str, int
 
 
 def _bucket(seg: SegmentInfo, policy: Policy, now_ns: int) -> tuple[float, int] | None:
-    """(span, index) of the coarsest completed bucket the segment is old enough for, or None."""
+    """(span, index) of the coarsest bucket the segment's first commit falls in that ended at
+    least its level's age ago, or None. By the first commit alone: a segment may run past its
+    bucket's end (an upload after an outage spans it), and the merged object then does too."""
     now_ms = now_ns // MS
     best = None
     for age_s, span_s in policy.merge_levels:
         span_ms = int(span_s * 1000)
         index = seg.t0_ms // span_ms
-        bucket_end_ms = (index + 1) * span_ms
-        if seg.t1_ms <= bucket_end_ms and bucket_end_ms + age_s * 1000 <= now_ms:
+        if (index + 1) * span_ms + age_s * 1000 <= now_ms:
             best = (span_s, index)
     return best
 
