@@ -38,7 +38,9 @@ from .storage import Storage
 
 log = logging.getLogger(__name__)
 
-LEASE_TTL_S = 3600.0  # renewed at every pass; a crashed compactor's lease lapses within the hour
+# Held only during a pass and renewed as it goes: a compactor that crashed blocks the next
+# one for at most this long, and an idle one between passes holds nothing.
+LEASE_TTL_S = 120.0
 
 
 @dataclasses.dataclass
@@ -88,10 +90,23 @@ class Compactor:
         return retain(layout.parse_listing(objects), self.policy, self.clock_ns()), len(objects)
 
     def run_pass(self, dry_run: bool = False) -> PassSummary:
+        if dry_run:
+            return self._pass(dry_run)
+        self.lease = lease.acquire(self.storage, self.owner, LEASE_TTL_S, key=layout.COMPACTOR_LEASE,
+                                   role="compactor")
+        try:
+            return self._pass(dry_run)
+        finally:
+            self.release()
+
+    def _keep_lease(self) -> None:
+        """Renew between steps once half the lease is gone (a pass may build large snapshots)."""
+        if self.lease is not None and self.lease.expires_at - time.time() < LEASE_TTL_S / 2:
+            self.lease.renew()
+
+    def _pass(self, dry_run: bool) -> PassSummary:
         started = time.monotonic()
         summary = PassSummary(self.storage.url, dry_run=dry_run)
-        if not dry_run:
-            self._hold_lease()
         plan, summary.objects_before = self.plan()
         summary.earliest_ns = plan.earliest_ns
         if dry_run:
@@ -102,6 +117,7 @@ class Compactor:
             return summary
         built: dict[str, SnapshotInfo] = {}  # generation -> the snapshot built last this pass
         for synth in plan.syntheses:
+            self._keep_lease()
             summary.snapshot_bytes += self._build_snapshot(synth, built)
             summary.snapshots += 1
         retired: list[str] = list(plan.deletions)
@@ -110,6 +126,7 @@ class Compactor:
             retired.extend(s.key for s in c.covered)
             summary.merged_inputs += len(c.covered)
         for merge in plan.merges:
+            self._keep_lease()
             datas = [self.storage.get(s.key) for s in merge.inputs]  # merge_segments checks each
             merged = merge_segments(datas, [s.key for s in merge.inputs])
             self.storage.put(merge.key, merged)
@@ -119,18 +136,12 @@ class Compactor:
             summary.merged_inputs += len(merge.inputs)
             summary.merged_outputs += 1
         if retired:
+            self._keep_lease()
             faults.point("compact-delete")
             self.storage.delete_many(retired)
         summary.deleted, summary.deleted_bytes = len(plan.deletions), plan.deleted_bytes
         summary.seconds = time.monotonic() - started
         return summary
-
-    def _hold_lease(self) -> None:
-        if self.lease is None:
-            self.lease = lease.acquire(self.storage, self.owner, LEASE_TTL_S, key=layout.COMPACTOR_LEASE,
-                                       role="compactor")
-        else:
-            self.lease.renew()
 
     def release(self) -> None:
         if self.lease is not None:

@@ -352,3 +352,20 @@ def test_verify(populated):
     result = invoke("verify", populated.url)
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith(f"ok: {populated.url} restores to txid ")
+
+
+def test_exe_compact_with_a_missing_config(tmp_path):
+    proc = run_exe("compact", "--once", "-c", "/nonexistent.yml", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "config file not found: /nonexistent.yml" in exe_error_line(proc)
+
+
+def test_compact_dry_run_prints_the_plan_and_changes_nothing(populated, tmp_path):
+    config = tmp_path / "r.yml"
+    config.write_text(f"dbs:\n  - path: {populated.db}\n    replicas:\n      - url: file://{populated.replica}\n"
+                      "        retention: 1s\n")
+    before = sorted(p.name for p in populated.replica.rglob("*"))
+    result = CliRunner().invoke(cli, ["compact", "--dry-run", "-c", str(config)])
+    assert result.exit_code == 0, result.output
+    assert f"file://{populated.replica}: " in result.output
+    assert sorted(p.name for p in populated.replica.rglob("*")) == before

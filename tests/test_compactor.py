@@ -6,6 +6,7 @@ source's state at that txid, what retention removed is refused naming what is le
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import apsw
 import pytest
@@ -43,14 +44,15 @@ class FakeClock:
         return self.now
 
 
-def _make_history(tmp_path, replica: ReplicaConfig, hours: int = 72, per_hour: int = 3) -> History:
+def _make_history(tmp_path, replica: ReplicaConfig, hours: int = 72, per_hour: int = 3,
+                  start_ns: int = START_NS, row_bytes: int = 0) -> History:
     """`hours` of simulated history: a few commits an hour, every commit its own step, a
     daily snapshot (the default interval), and one restart in the middle."""
     db = tmp_path / "app.db"
     conn = apsw.Connection(str(db))
     conn.set_busy_timeout(2000)
     list(conn.execute("PRAGMA journal_mode=wal; CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)"))
-    clock = FakeClock(START_NS)
+    clock = FakeClock(start_ns)
     cfg = DbConfig(path=str(db), replicas=(replica,), monitor_interval_s=0.05)
     states: dict[int, str] = {}
     times: dict[int, int] = {}
@@ -65,7 +67,8 @@ def _make_history(tmp_path, replica: ReplicaConfig, hours: int = 72, per_hour: i
             rep.open()
         for i in range(per_hour):
             clock.now += HOUR // per_hour
-            conn.execute("INSERT INTO t(v) VALUES (?)", (f"hour {hour} row {i} ".encode() * 40,))
+            row = os.urandom(row_bytes) if row_bytes else f"hour {hour} row {i} ".encode() * 40
+            conn.execute("INSERT INTO t(v) VALUES (?)", (row,))
             rep.step()
             states[rep.tail.pos.txid] = content_hash(db)
             times[rep.tail.pos.txid] = rep.tail._last_time_ns
@@ -100,7 +103,7 @@ def _objects(storage) -> list[layout.SnapshotInfo | layout.SegmentInfo]:
 
 
 def test_a_pass_keeps_every_point_of_the_window_and_refuses_the_rest(tmp_path, replica):
-    h = _make_history(tmp_path, replica)
+    h = _make_history(tmp_path, replica, hours=54)
     storage = open_storage(replica)
     before = _objects(storage)
     policy = Policy(retention_s=24 * 3600, snapshot_ratio=0.5, min_snapshot_history_bytes=0)
@@ -118,7 +121,11 @@ def test_a_pass_keeps_every_point_of_the_window_and_refuses_the_rest(tmp_path, r
     assert in_window and min(in_window) > anchor  # retention kept what the window needs
     out = tmp_path / "out.db"
     kept = refused = 0
-    for txid, digest in sorted(h.states.items()):
+    txids = sorted(h.states)
+    # Every kept txid near the anchor and the window's start, every third one elsewhere; a
+    # sample of the refused ones (each restore costs a few requests).
+    sample = set(txids[::3]) | {t for t in txids if abs(t - anchor) <= 3 or abs(t - min(in_window)) <= 3}
+    for txid, digest in sorted((t, h.states[t]) for t in sample):
         if txid >= anchor:
             assert _restored(storage, out, Target(txid=txid)) == digest, txid
             kept += 1
@@ -126,7 +133,7 @@ def test_a_pass_keeps_every_point_of_the_window_and_refuses_the_rest(tmp_path, r
             with pytest.raises(RestoreError, match="not in the replica"):
                 _restored(storage, out, Target(txid=txid))
             refused += 1
-    assert kept >= 72 and refused >= 72
+    assert kept >= 20 and refused >= 20
     assert _restored(storage, out, Target()) == h.states[max(h.states)]
     with pytest.raises(RestoreError, match="earliest is"):
         _restored(storage, out, Target(time_ns=h.times[anchor + 1] - 6 * HOUR))
