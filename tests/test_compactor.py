@@ -182,3 +182,22 @@ def test_a_dry_run_changes_nothing(tmp_path, replica):
     summary = comp.run_pass(dry_run=True)
     assert summary.deleted > 0
     assert sorted((o.key, o.size) for o in storage.list("")) == before  # not even a lease
+
+
+def test_two_compactors_never_both_delete(tmp_path, replica):
+    """One pass at a time per replica: the second compactor is refused naming the first."""
+    from replicator import lease
+    from replicator.compactor import LEASE_TTL_S
+    from replicator.errors import LeaseHeld
+
+    h = _make_history(tmp_path, replica, hours=6)
+    storage = open_storage(replica)
+    first = lease.acquire(storage, "host-a:compactor:1", LEASE_TTL_S, key=layout.COMPACTOR_LEASE, role="compactor")
+    before = sorted(o.key for o in storage.list(layout.GENERATIONS))
+    second = Compactor(storage, Policy(retention_s=3600), owner="host-b:compactor:2", clock_ns=lambda: h.end_ns)
+    with pytest.raises(LeaseHeld, match="host-a:compactor:1"):
+        second.run_pass()
+    assert sorted(o.key for o in storage.list(layout.GENERATIONS)) == before
+    first.release()
+    second.run_pass()  # free again: it goes ahead
+    assert sorted(o.key for o in storage.list(layout.GENERATIONS)) != before
