@@ -297,8 +297,19 @@ def _restore(rst: dict, s, requests_measured: bool = False) -> list[str]:
                      _f(l and db / 1e6 / l["cold"], "{:.0f}"),
                      _ratio(r and r["cold"], l and l["cold"]),
                      ("ok" if all(x is None or (x["cold_ok"] and x["warm_ok"]) for x in (r, l)) else "**MISMATCH**")])
+        c = p.get("compacted")
+        if c:
+            rows.append([f"history {p['factor']:g}x, after `replicator compact --once` ({c['compact_s']:.1f} s)", "",
+                         _f(c["cold"], "{:.2f}"), _f(c["warm"], "{:.2f}"), _f(db / 1e6 / c["cold"], "{:.0f}"),
+                         _f(l and l["cold"], "{:.2f}"), _f(l and l["warm"], "{:.2f}"),
+                         _f(l and db / 1e6 / l["cold"], "{:.0f}"), _ratio(c["cold"], l and l["cold"]),
+                         "ok" if c["cold_ok"] and c["warm_ok"] else "**MISMATCH**"])
     out += _table(["state", "", "R cold s", "R warm s", "R cold MB/s", "L cold s", "L warm s", "L cold MB/s",
                    "ratio cold", "verified"], rows)
+    passes = [f"{p['factor']:g}x: {p['compacted']['compact_summary']}" for p in rst["points"] if p.get("compacted")]
+    if passes:
+        out += ["", "The compaction pass at each point (on a hard-linked copy of the replica, so that later points "
+                "still measure the replicator alone): " + "; ".join(passes)]
     out += ["", "Full images in the replica at each point (replicator: snapshots; Litestream: level-9 files): " + "; ".join(
         f"{p['factor']:g}x: R {p['tools'].get(R, {}).get('replica_snapshots', '-')}, "
         f"L {p['tools'].get(L, {}).get('replica_snapshots', '-')}" for p in rst["points"])]

@@ -199,6 +199,9 @@ def run(ctx: Context) -> dict:
             point["tools"][tool.name] = restore_pair(ctx, tool, srcs[tool.name], reps[tool.name], d,
                                                      f"history {factor:g}x", wants[tool.name],
                                                      profile_it=s.profile and last)
+            if tool.name == "replicator":
+                point["compacted"] = _compacted_restore(ctx, tool, srcs[tool.name], reps[tool.name], d,
+                                                        f"history {factor:g}x, compacted", wants[tool.name])
         res["points"].append(point)
     for tool in ctx.tools:
         final = res["points"][-1]["tools"][tool.name]
@@ -213,6 +216,28 @@ def run(ctx: Context) -> dict:
         shutil.rmtree(p, ignore_errors=True)
     for p in d.glob("*-replicator"):
         shutil.rmtree(p, ignore_errors=True)
+    return res
+
+
+def _compacted_restore(ctx: Context, tool: Tool, src: Path, replica: Path, d: Path, label: str,
+                       want: dict) -> dict:
+    """The same restore after one `replicator compact --once` pass over a copy of the replica
+    (hard links: objects are immutable, and the compactor only adds and unlinks), so that the
+    history steps that follow still measure the uncompacted replica."""
+    copy = d / "replica-C"
+    shutil.rmtree(copy, ignore_errors=True)
+    subprocess.run(["cp", "-al", str(replica), str(copy)], check=True)
+    cfg = d / "compact.yml"
+    cfg.write_text(f"dbs:\n  - path: {src}\n    replicas:\n      - url: file://{copy}\n")
+    t0 = time.perf_counter()
+    done = subprocess.run([tool.exe, "compact", "--once", "-c", str(cfg)], capture_output=True, text=True)
+    secs = time.perf_counter() - t0
+    if done.returncode != 0:
+        say(f"  compact failed: {done.stderr.strip()[-300:]}")
+    summary = next((ln for ln in done.stderr.splitlines() if "compact file://" in ln), "")
+    res = restore_pair(ctx, tool, src, copy, d, label, want)
+    res["compact_s"], res["compact_summary"] = secs, summary.split(": ", 1)[-1]
+    shutil.rmtree(copy, ignore_errors=True)
     return res
 
 
