@@ -135,6 +135,8 @@ class Compactor:
             retired.extend(s.key for s in merge.inputs if s.key != merge.key)
             summary.merged_inputs += len(merge.inputs)
             summary.merged_outputs += 1
+        for key in plan.markers:  # before any delete: a restore in between refuses, never guesses
+            self.storage.put(key, b"")
         if retired:
             self._keep_lease()
             faults.point("compact-delete")

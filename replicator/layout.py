@@ -27,6 +27,7 @@ GENERATIONS = "generations/"
 _GEN = re.compile(r"^\d{8}T\d{6}(\d{3})?Z-[0-9a-f]{6}$")
 _SNAP = re.compile(r"^([0-9a-f]{16})_(\d{13})(?:_([A-Za-z0-9._-]{1,64}))?\.snap\.zst$")
 _SEG = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})_(\d{13})-(\d{13})\.seg\.zst$")
+_RETIRED = re.compile(r"^([0-9a-f]{16})_(\d{13})\.retired$")
 SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -60,6 +61,22 @@ def segment_key(gen: str, first: int, last: int, t0_ns: int, t1_ns: int) -> str:
             f"{_ms_floor(t0_ns):013d}-{_ms_ceil(t1_ns):013d}.seg.zst")
 
 
+def retired_key(gen: str, txid: int, time_ms: int) -> str:
+    """An empty marker: the generation's history up to `txid` (committed by `time_ms`) was
+    retired by retention, but for the snapshots still listed. A restore to a time or txid
+    before it is refused instead of silently returning a kept snapshot's older state."""
+    return f"{GENERATIONS}{gen}/retired/{txid:016x}_{time_ms:013d}.retired"
+
+
+@dataclasses.dataclass(frozen=True)
+class RetiredInfo:
+    generation: str
+    txid: int
+    time_ms: int
+    key: str
+    size: int = 0
+
+
 @dataclasses.dataclass(frozen=True)
 class SnapshotInfo:
     generation: str
@@ -86,6 +103,12 @@ class Generation:
     name: str
     snapshots: list[SnapshotInfo] = dataclasses.field(default_factory=list)
     segments: list[SegmentInfo] = dataclasses.field(default_factory=list)
+    retired: list[RetiredInfo] = dataclasses.field(default_factory=list)
+
+    @property
+    def retired_upto(self) -> RetiredInfo | None:
+        """The newest retirement marker: history up to it is gone but for listed snapshots."""
+        return max(self.retired, key=lambda r: r.txid) if self.retired else None
 
     @property
     def first_txid(self) -> int | None:
@@ -93,7 +116,7 @@ class Generation:
 
     @property
     def last_txid(self) -> int | None:
-        txids = [s.txid for s in self.snapshots] + [s.last_txid for s in self.segments]
+        txids = [s.txid for s in self.snapshots] + [s.last_txid for s in self.segments] + [r.txid for r in self.retired]
         return max(txids) if txids else None
 
     @property
@@ -102,8 +125,17 @@ class Generation:
 
     @property
     def end_ms(self) -> int | None:
-        times = [s.time_ms for s in self.snapshots] + [s.t1_ms for s in self.segments]
+        times = [s.time_ms for s in self.snapshots] + [s.t1_ms for s in self.segments] + [r.time_ms for r in self.retired]
         return max(times) if times else None
+
+    @property
+    def restorable_from_ms(self) -> int | None:
+        """Where timestamp restores may start: the first snapshot, or past a retirement
+        marker; None when retention retired all of it (only kept snapshots, by txid)."""
+        r = self.retired_upto
+        if r is None:
+            return self.start_ms
+        return r.time_ms if any(s.txid >= r.txid for s in self.snapshots) else None
 
 
 @dataclasses.dataclass
@@ -131,13 +163,24 @@ def parse_key(key: str, size: int = 0) -> SnapshotInfo | SegmentInfo | None:
     return None
 
 
+def parse_retired(key: str) -> RetiredInfo | None:
+    parts = key.split("/")
+    if len(parts) != 4 or parts[0] != "generations" or not is_generation(parts[1]) or parts[2] != "retired":
+        return None
+    m = _RETIRED.match(parts[3])
+    return RetiredInfo(parts[1], int(m.group(1), 16), int(m.group(2)), key) if m else None
+
+
 def parse_listing(objects: Iterable[ObjectInfo]) -> Listing:
     gens: dict[str, Generation] = {}
     unknown: list[str] = []
     for obj in objects:
         info = parse_key(obj.key, obj.size)
         if info is None:
-            if obj.key not in (REPLICA_META, LEASE, COMPACTOR_LEASE):
+            retired = parse_retired(obj.key)
+            if retired is not None:
+                gens.setdefault(retired.generation, Generation(retired.generation)).retired.append(retired)
+            elif obj.key not in (REPLICA_META, LEASE, COMPACTOR_LEASE):
                 unknown.append(obj.key)
             continue
         g = gens.setdefault(info.generation, Generation(info.generation))

@@ -51,11 +51,15 @@ def plan_restore(listing: Listing, target: Target, now_ns: int | None = None) ->
         raise NothingToRestore("replica holds no snapshot: nothing to restore")
     if target.txid is not None:
         gen = _generation_for_txid(gens, target.txid)
+        retired = gen.retired_upto
+        if retired is not None and target.txid < retired.txid and target.txid not in {s.txid for s in gen.snapshots}:
+            raise RestoreError(f"txid {target.txid} was retired by the retention window",
+                               _earliest_hint(listing, gens))
         snaps = [s for s in gen.snapshots if s.txid <= target.txid]
         snapshot = snaps[-1]
         end_txid = target.txid
     elif target.time_ns is not None:
-        gen = _generation_for_time(gens, target.time_ns, now_ns)
+        gen = _generation_for_time(listing, gens, target.time_ns, now_ns)
         snapshot = _snapshot_for_time(gen, target.time_ns)
         end_txid = gen.last_txid or snapshot.txid
     else:
@@ -78,16 +82,28 @@ def _generation_for_txid(gens: list[Generation], txid: int) -> Generation:
     raise RestoreError(f"txid {txid} is not in the replica", f"restorable txids: {ranges}")
 
 
-def _generation_for_time(gens: list[Generation], time_ns: int, now_ns: int | None) -> Generation:
-    earliest = min(_ms_to_ns(g.start_ms or 0) for g in gens)
-    if time_ns < earliest:
-        raise RestoreError(f"{format_timestamp(time_ns)} is before the earliest restorable point",
-                           f"earliest is {format_timestamp(earliest)}")
+def _generation_for_time(listing: Listing, gens: list[Generation], time_ns: int,
+                         now_ns: int | None) -> Generation:
     if now_ns is not None and time_ns > now_ns:
         raise RestoreError(f"{format_timestamp(time_ns)} is in the future",
                            "omit --timestamp to restore the latest state")
     candidates = [g for g in gens if _ms_to_ns(g.start_ms or 0) <= time_ns]
+    start = candidates[-1].restorable_from_ms if candidates else None
+    if start is None or time_ns < _ms_to_ns(start):
+        # Before the first snapshot, or in history retention retired (a kept snapshot alone
+        # would silently stand for states it does not hold): refused, naming what is left.
+        raise RestoreError(f"{format_timestamp(time_ns)} is before the earliest restorable point",
+                           _earliest_hint(listing, gens))
     return candidates[-1]
+
+
+def _earliest_hint(listing: Listing, gens: list[Generation]) -> str:
+    starts = [g.restorable_from_ms for g in gens if g.restorable_from_ms is not None]
+    kept = [s for g in gens if g.retired_upto is not None for s in g.snapshots if s.txid < g.retired_upto.txid]
+    hint = f"earliest is {format_timestamp(_ms_to_ns(min(starts)))}" if starts else "nothing restorable by time"
+    if kept:
+        hint += "; snapshots kept from before it restore by --txid " + ", ".join(str(s.txid) for s in kept[:5])
+    return hint
 
 
 def _snapshot_for_time(gen: Generation, time_ns: int) -> SnapshotInfo:

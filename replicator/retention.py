@@ -89,6 +89,7 @@ class CompactionPlan:
     earliest_ns: int | None = None  # the earliest restorable time once the plan has run
     deleted_bytes: int = 0
     covered: tuple[Covered, ...] = ()
+    markers: tuple[str, ...] = ()  # retirement markers (layout.retired_key), written before deleting
 
     @property
     def empty(self) -> bool:
@@ -100,6 +101,7 @@ def retain(listing: Listing, policy: Policy, now_ns: int) -> CompactionPlan:
     if not gens:
         return CompactionPlan()
     deleted: dict[str, int] = {}
+    markers: list[str] = []
     earliest = gens[0].start_ms * MS if gens[0].start_ms is not None else None
     if policy.retention_s is not None:
         cut = _retention_cut(gens, now_ns - int(policy.retention_s * 1e9))
@@ -109,13 +111,20 @@ def retain(listing: Listing, policy: Policy, now_ns: int) -> CompactionPlan:
                 for obj in g.snapshots + g.segments:
                     if not (isinstance(obj, SnapshotInfo) and obj.name):
                         deleted[obj.key] = obj.size
+                if any(s.name for s in g.snapshots):  # kept by name: its history is gone
+                    _mark(markers, deleted, g, g.last_txid, g.end_ms)  # type: ignore[arg-type]
+                else:
+                    deleted.update((r.key, 0) for r in g.retired)
             g = gens[keep_from]
+            before = len(deleted)
             for s in g.snapshots:
                 if s.txid < anchor.txid and not s.name:
                     deleted[s.key] = s.size
             for seg in g.segments:
                 if seg.last_txid <= anchor.txid:
                     deleted[seg.key] = seg.size
+            if len(deleted) > before or any(s.name and s.txid < anchor.txid for s in g.snapshots):
+                _mark(markers, deleted, g, anchor.txid, anchor.time_ms)
             earliest = anchor.time_ms * MS
     kept = [g for g in gens if any(o.key not in deleted for o in g.snapshots)]
     covered = [c for g in kept for c in _covered(g, deleted)]
@@ -123,7 +132,16 @@ def retain(listing: Listing, policy: Policy, now_ns: int) -> CompactionPlan:
     merges = [m for g in kept for m in _merges(g, policy, now_ns, skip)]
     syntheses = _newest_first([s for g in kept for s in _syntheses(g, policy, skip)])[:MAX_SYNTHESES_PER_PASS]
     return CompactionPlan(tuple(sorted(deleted)), tuple(merges), tuple(syntheses), earliest,
-                          sum(deleted.values()), tuple(covered))
+                          sum(deleted.values()), tuple(covered), tuple(markers))
+
+
+def _mark(markers: list[str], deleted: dict[str, int], g: Generation, txid: int, time_ms: int) -> None:
+    """Retire g's history up to txid: a marker (unless there is one already), and the older
+    markers it supersedes go."""
+    key = layout.retired_key(g.name, txid, time_ms)
+    if all(r.key != key for r in g.retired):
+        markers.append(key)
+    deleted.update((r.key, 0) for r in g.retired if r.txid < txid)
 
 
 def _newest_first(syntheses: list[Synthesis]) -> list[Synthesis]:

@@ -6,6 +6,7 @@ adds, every point of the window that could be restored before still can, to the 
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,6 +27,8 @@ def _after(case: ReplicaCase, plan: CompactionPlan) -> layout.Listing:
     objs = {o.key: o for o in case.objects()}
     for key in plan.deletions:
         objs.pop(key)
+    for key in plan.markers:
+        objs[key] = ObjectInfo(key, 0)
     for c in plan.covered:
         for s in c.covered:
             objs.pop(s.key)
@@ -165,3 +168,32 @@ def test_no_retention_deletes_nothing():
     objs = [ObjectInfo(layout.snapshot_key(g, 1, 1_000 * MS), 10),
             ObjectInfo(layout.segment_key(g, 2, 5, 1_001 * MS, 2_000 * MS), 10)]
     assert retain(layout.parse_listing(objs), Policy(None, snapshot_ratio=0), 10**18).deletions == ()
+
+
+def test_a_kept_snapshot_never_stands_for_the_history_retired_around_it():
+    """A named snapshot outlives the generation retention retired: restoring it by txid works,
+    a time after it in that generation is refused (its state there is gone), not answered
+    with the snapshot's older state; the marker says what was retired."""
+    g1, g2 = "20260101T000000000Z-aaaaaa", "20260102T000000000Z-bbbbbb"
+    objs = [ObjectInfo(layout.snapshot_key(g1, 1, 1_000 * MS), 10),
+            ObjectInfo(layout.snapshot_key(g1, 2, 1_500 * MS, "before-migration"), 10),
+            ObjectInfo(layout.segment_key(g1, 2, 5, 1_001 * MS, 2_000 * MS), 10),
+            ObjectInfo(layout.snapshot_key(g2, 6, 3_000 * MS), 10),
+            ObjectInfo(layout.segment_key(g2, 7, 9, 3_001 * MS, 9_000 * MS), 10)]
+    listing = layout.parse_listing(objs)
+    plan = retain(listing, Policy(retention_s=1.0, snapshot_ratio=0), 10_000 * MS)
+    left = {o.key: o for o in objs if o.key not in plan.deletions}
+    left.update({k: ObjectInfo(k, 0) for k in plan.markers})
+    after = layout.parse_listing(left.values())
+    assert plan.markers and objs[1].key in left
+    assert plan_restore(after, Target(txid=2)).snapshot.name == "before-migration"
+    for t_ms in (1_600, 2_500):
+        try:
+            plan_restore(after, Target(time_ns=t_ms * MS), 10_000 * MS)
+        except RestoreError as err:
+            assert "before the earliest restorable point" in str(err) and "--txid 2" in str(err)
+        else:
+            raise AssertionError(f"a time at {t_ms} ms restored from what retention retired")
+    with pytest.raises(RestoreError, match="retired"):
+        plan_restore(after, Target(txid=4))
+    assert plan_restore(after, Target(time_ns=9_500 * MS), 10_000 * MS).generation == g2
