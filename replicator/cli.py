@@ -312,7 +312,8 @@ def compact(config_path: str, once: bool, dry_run: bool) -> None:
     jobs = []
     for db in config.dbs:
         for r in db.replicas:
-            policy = Policy(r.retention_s if r.retention_enabled else None, db.snapshot_history_ratio)
+            policy = Policy(r.retention_s if r.retention_enabled else None, db.snapshot_history_ratio,
+                            keep=r.keep)
             jobs.append((Compactor(open_storage(r), policy), r.retention_check_interval_s))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

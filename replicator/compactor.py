@@ -186,7 +186,8 @@ class Compactor:
 
 def describe_plan(plan: CompactionPlan) -> list[str]:
     """What a pass would do, one line an action (--dry-run)."""
-    lines = [f"delete {key}" for key in plan.deletions]
+    lines = [f"keep {key} ({', '.join(why)})" for key, why in plan.kept]
+    lines += [f"delete {key}" for key in plan.deletions]
     for c in plan.covered:
         lines += [f"delete {s.key} ({s.size:,} bytes; covered by {c.cover.key})" for s in c.covered]
     for m in plan.merges:

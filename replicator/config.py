@@ -63,6 +63,8 @@ class ReplicaConfig:
     # snapshots but deletes nothing; a bucket lifecycle rule does that.
     retention_enabled: bool = True
     retention_check_interval_s: float = DEFAULT_RETENTION_CHECK_INTERVAL_S
+    # Snapshots kept beyond the window (restic's forget --keep-*): ((rule, count), ...)
+    keep: tuple[tuple[str, int], ...] = ()
     snapshot_interval_s: float = DEFAULT_SNAPSHOT_INTERVAL_S
     sync_interval_s: float = DEFAULT_FILE_SYNC_INTERVAL_S
 
@@ -94,7 +96,8 @@ _REPLICA_KEYS = {"url", "type", "name", "path", "bucket", "region", "endpoint", 
                  "skip-verify", "access-key-id", "secret-access-key", "retention",
                  "retention-check-interval", "snapshot-interval", "validation-interval",
                  "sync-interval", "part-size", "concurrency", "sse-customer-algorithm",
-                 "sse-customer-key", "sse-customer-key-path", "sse-kms-key-id", "age"}
+                 "sse-customer-key", "sse-customer-key-path", "sse-kms-key-id", "age",
+                 "keep-hourly", "keep-daily", "keep-weekly", "keep-monthly", "keep-yearly"}
 # Litestream keys this version knows but does not implement: refused with a reason, never
 # accepted and ignored (a user who configured encryption must not get plaintext replicas).
 _ENCRYPTION = "encryption is not implemented yet: the replica would be written in plaintext; remove the key"
@@ -288,6 +291,10 @@ class _Parser:
                 fields["retention_s"] = self.duration(ret["duration"], f"{kp}.retention.duration")
         elif "retention" in r:
             fields["retention_s"] = self.duration(r["retention"], f"{kp}.retention")
+        keep = [(rule, self.integer(r[f"keep-{rule}"], f"{kp}.keep-{rule}", 0))
+                for rule in ("hourly", "daily", "weekly", "monthly", "yearly") if f"keep-{rule}" in r]
+        if keep:
+            fields["keep"] = tuple(keep)
         for key, attr in (
             ("retention-check-interval", "retention_check_interval_s"),
             ("snapshot-interval", "snapshot_interval_s"),

@@ -46,6 +46,9 @@ class Policy:
     snapshot_ratio: float = 1.0  # 0: no replica-side snapshots
     merge_levels: tuple[tuple[float, float], ...] = MERGE_LEVELS
     min_snapshot_history_bytes: int = MIN_SNAPSHOT_HISTORY_BYTES
+    # Tiered retention beyond the window: (rule, count) with rule in hourly, daily, weekly,
+    # monthly, yearly (restic's forget --keep-* semantics).
+    keep: tuple[tuple[str, int], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +93,7 @@ class CompactionPlan:
     deleted_bytes: int = 0
     covered: tuple[Covered, ...] = ()
     markers: tuple[str, ...] = ()  # retirement markers (layout.retired_key), written before deleting
+    kept: tuple[tuple[str, tuple[str, ...]], ...] = ()  # snapshots before the window kept, and by which rules
 
     @property
     def empty(self) -> bool:
@@ -103,36 +107,72 @@ def retain(listing: Listing, policy: Policy, now_ns: int) -> CompactionPlan:
     deleted: dict[str, int] = {}
     markers: list[str] = []
     earliest = gens[0].start_ms * MS if gens[0].start_ms is not None else None
+    reasons = _kept_snapshots(gens, policy)
+    kept_old: list[tuple[str, tuple[str, ...]]] = []
     if policy.retention_s is not None:
         cut = _retention_cut(gens, now_ns - int(policy.retention_s * 1e9))
         if cut is not None:
             keep_from, anchor = cut
             for g in gens[:keep_from]:
                 for obj in g.snapshots + g.segments:
-                    if not (isinstance(obj, SnapshotInfo) and obj.name):
+                    if obj.key not in reasons:
                         deleted[obj.key] = obj.size
-                if any(s.name for s in g.snapshots):  # kept by name: its history is gone
+                if any(s.key in reasons for s in g.snapshots):  # kept: its history is gone
                     _mark(markers, deleted, g, g.last_txid, g.end_ms)  # type: ignore[arg-type]
                 else:
                     deleted.update((r.key, 0) for r in g.retired)
             g = gens[keep_from]
             before = len(deleted)
             for s in g.snapshots:
-                if s.txid < anchor.txid and not s.name:
+                if s.txid < anchor.txid and s.key not in reasons:
                     deleted[s.key] = s.size
             for seg in g.segments:
                 if seg.last_txid <= anchor.txid:
                     deleted[seg.key] = seg.size
-            if len(deleted) > before or any(s.name and s.txid < anchor.txid for s in g.snapshots):
+            if len(deleted) > before or any(s.key in reasons and s.txid < anchor.txid for s in g.snapshots):
                 _mark(markers, deleted, g, anchor.txid, anchor.time_ms)
             earliest = anchor.time_ms * MS
+            kept_old = [(s.key, reasons[s.key]) for gg in gens[:keep_from + 1] for s in gg.snapshots
+                        if s.key in reasons and (gg is not g or s.txid < anchor.txid)]
     kept = [g for g in gens if any(o.key not in deleted for o in g.snapshots)]
     covered = [c for g in kept for c in _covered(g, deleted)]
     skip = dict(deleted) | {s.key: s.size for c in covered for s in c.covered}
     merges = [m for g in kept for m in _merges(g, policy, now_ns, skip)]
     syntheses = _newest_first([s for g in kept for s in _syntheses(g, policy, skip)])[:MAX_SYNTHESES_PER_PASS]
     return CompactionPlan(tuple(sorted(deleted)), tuple(merges), tuple(syntheses), earliest,
-                          sum(deleted.values()), tuple(covered), tuple(markers))
+                          sum(deleted.values()), tuple(covered), tuple(markers), tuple(kept_old))
+
+
+# restic's `forget --keep-*`: for the last N calendar buckets (UTC) that hold a snapshot, the
+# newest snapshot of each; rules are ORed.
+_BUCKETS = {
+    "hourly": lambda d: (d.year, d.month, d.day, d.hour),
+    "daily": lambda d: (d.year, d.month, d.day),
+    "weekly": lambda d: d.isocalendar()[:2],
+    "monthly": lambda d: (d.year, d.month),
+    "yearly": lambda d: (d.year,),
+}
+
+
+def _kept_snapshots(gens: list[Generation], policy: Policy) -> dict[str, tuple[str, ...]]:
+    """Snapshot key -> the rules that keep it beyond the window ("named", "hourly", ...)."""
+    import datetime as dt
+
+    reasons: dict[str, list[str]] = {}
+    snaps = sorted((s for g in gens for s in g.snapshots), key=lambda s: (s.time_ms, s.txid), reverse=True)
+    for s in snaps:
+        if s.name:
+            reasons.setdefault(s.key, []).append("named")
+    for rule, n in policy.keep:
+        seen: set = set()
+        for s in snaps:
+            if len(seen) >= n:
+                break
+            bucket = _BUCKETS[rule](dt.datetime.fromtimestamp(s.time_ms / 1000, dt.timezone.utc))
+            if bucket not in seen:
+                seen.add(bucket)
+                reasons.setdefault(s.key, []).append(rule)
+    return {k: tuple(v) for k, v in reasons.items()}
 
 
 def _mark(markers: list[str], deleted: dict[str, int], g: Generation, txid: int, time_ms: int) -> None:

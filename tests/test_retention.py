@@ -14,6 +14,7 @@ from replicator import layout
 from replicator.errors import RestoreError
 from replicator.layout import SegmentInfo, SnapshotInfo
 from replicator.plan import Target, plan_restore
+from replicator.compactor import describe_plan
 from replicator.retention import MS, CompactionPlan, Policy, retain
 from replicator.storage.base import ObjectInfo
 from strategies import ReplicaCase, replica_cases
@@ -52,7 +53,8 @@ def _outcome(listing: layout.Listing, target: Target, now_ns: int):
 
 
 policies = st.builds(Policy, st.one_of(st.none(), st.floats(0, 40.0)), st.sampled_from([0.0, 0.05, 0.5, 3.0]),
-                     st.sampled_from([(), ((0.001, 0.002),), ((0.002, 0.005), (0.01, 0.02))]), st.just(0))
+                     st.sampled_from([(), ((0.001, 0.002),), ((0.002, 0.005), (0.01, 0.02))]), st.just(0),
+                     st.sampled_from([(), (("daily", 2),), (("hourly", 3), ("yearly", 1))]))
 
 
 @FAST
@@ -197,3 +199,32 @@ def test_a_kept_snapshot_never_stands_for_the_history_retired_around_it():
     with pytest.raises(RestoreError, match="retired"):
         plan_restore(after, Target(txid=4))
     assert plan_restore(after, Target(time_ns=9_500 * MS), 10_000 * MS).generation == g2
+
+
+def test_tiered_rules_keep_the_newest_snapshot_of_each_of_the_last_buckets():
+    """restic's semantics: for the last N calendar buckets holding a snapshot, the newest one
+    of each; rules ORed; only snapshots the window would retire are reported as kept."""
+    day = 86_400_000
+    g = "20260101T000000000Z-aaaaaa"
+    base = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+    objs = []
+    for d in range(40):  # two snapshots a day, a segment between each
+        for h, txid in ((6, 2 * d + 1), (18, 2 * d + 2)):
+            objs.append(ObjectInfo(layout.snapshot_key(g, txid, (base + d * day + h * 3_600_000) * MS), 10))
+        objs.append(ObjectInfo(layout.segment_key(g, 2 * d + 2, 2 * d + 2, (base + d * day + 17 * 3_600_000) * MS,
+                                                  (base + d * day + 18 * 3_600_000) * MS), 10))
+        if d < 39:
+            objs.append(ObjectInfo(layout.segment_key(g, 2 * d + 3, 2 * d + 3, (base + (d + 1) * day) * MS,
+                                                      (base + (d + 1) * day + 6 * 3_600_000) * MS), 10))
+    now = (base + 40 * day) * MS
+    plan = retain(layout.parse_listing(objs), Policy(retention_s=7 * 86_400, snapshot_ratio=0,
+                                                      keep=(("daily", 10), ("weekly", 4))), now)
+    kept = dict(plan.kept)
+    kept_days = sorted((layout.parse_key(k).time_ms - base) // day for k, why in kept.items() if "daily" in why)
+    # Days 33..39 lie in the window and day 32 holds its anchor (18:00): the rule keeps 30 and 31.
+    assert kept_days == [30, 31]
+    weekly = [k for k, why in kept.items() if "weekly" in why]
+    assert weekly and all(layout.parse_key(k).time_ms % day == 18 * 3_600_000 for k in weekly)  # newest of its week
+    assert not set(kept) & set(plan.deletions)
+    lines = describe_plan(plan)
+    assert any(line.startswith("keep ") and "daily" in line for line in lines)
