@@ -15,7 +15,7 @@ import click
 
 from . import __version__, config as config_mod, layout
 from .config import Config, DbConfig, ReplicaConfig
-from .durations import format_timestamp, parse_timestamp
+from .durations import format_timestamp, parse_duration, parse_timestamp
 from .errors import ConfigError, NothingToRestore, OutputExists, ReplicatorError
 from .plan import Target
 from .storage import Storage, open_storage
@@ -229,11 +229,13 @@ def verify(target: str, timestamp: str | None, txid: int | None, replica_name: s
 @cli.command()
 @click.argument("db")
 @click.argument("urls", nargs=-1)
-@click.option("--name", help="A label kept in the snapshot's name, e.g. before-migration.")
+@click.option("--name", help="A label kept in the snapshot's name, e.g. before-migration; retention keeps it.")
+@click.option("--keep-for", help="With --name: retention keeps it this long (e.g. 90d, 720h), then retires it.")
 @click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds to wait.")
 @click.option("-c", "--config", "config_path")
 @handle_errors
-def snapshot(db: str, urls: tuple[str, ...], name: str | None, timeout: float, config_path: str | None) -> None:
+def snapshot(db: str, urls: tuple[str, ...], name: str | None, keep_for: str | None, timeout: float,
+             config_path: str | None) -> None:
     """Take a snapshot of DB now (through the running daemon, or by itself if none runs).
 
     The replicas come from the config, or from URLS given after DB.
@@ -242,13 +244,21 @@ def snapshot(db: str, urls: tuple[str, ...], name: str | None, timeout: float, c
 
     if name is not None and not layout.SNAPSHOT_NAME.match(name):
         raise ConfigError(f"invalid snapshot name {name!r} (letters, digits, . _ - ; up to 64)")
+    keep_for_s = None
+    if keep_for is not None:
+        if name is None:
+            raise ConfigError("--keep-for goes with --name (unnamed snapshots follow the retention window)")
+        try:
+            keep_for_s = parse_duration(keep_for)
+        except ValueError:
+            raise ConfigError(f"--keep-for: not a duration: {keep_for!r} (e.g. 90d, 720h)") from None
     if urls:
         dbcfg: DbConfig | None = _adhoc_db(db, urls)
     else:
         dbcfg = _find_db(_load_config(config_path, required=False), db)
     if dbcfg is None:
         raise ConfigError(f"no replicas configured for {db}", "pass -c CONFIG or replica URLs after DB")
-    txid = take_snapshot(dbcfg, name, timeout)
+    txid = take_snapshot(dbcfg, name, timeout, keep_for_s)
     click.echo(f"snapshot of {dbcfg.path} at txid {txid}" + (f" named {name}" if name else ""))
 
 
@@ -279,8 +289,9 @@ def format_listing(listing: layout.Listing, kind: str) -> str:
                  _ms(g.start_ms), _ms(g.end_ms), f"{sum(s.size for s in g.snapshots + g.segments):,}")  # type: ignore[operator]
                 for g in listing.generations]
     elif kind == "snapshots":
-        header = ("generation", "txid", "time", "bytes", "name")
-        rows = [(s.generation, str(s.txid), _ms(s.time_ms), f"{s.size:,}", s.name or "")
+        header = ("generation", "txid", "time", "bytes", "name", "kept until")
+        rows = [(s.generation, str(s.txid), _ms(s.time_ms), f"{s.size:,}", s.name or "",
+                 _ms(s.keep_until_ms) if s.keep_until_ms else ("(until deleted)" if s.name else ""))
                 for g in listing.generations for s in g.snapshots]
     else:
         header = ("generation", "txids", "start", "end", "bytes")
@@ -293,8 +304,32 @@ def format_listing(listing: layout.Listing, kind: str) -> str:
     return "\n".join(lines)
 
 
-for _kind in ("generations", "snapshots", "segments"):
+for _kind in ("generations", "segments"):
     cli.command(name=_kind)(_listing_command(_kind))
+
+
+@cli.command()
+@click.argument("target")
+@click.option("--delete", "delete_name", metavar="NAME",
+              help="Take the name NAME off its snapshots: retention then retires them like any other.")
+@click.option("--replica", "replica_name")
+@click.option("-c", "--config", "config_path")
+@handle_errors
+def snapshots(target: str, delete_name: str | None, replica_name: str | None, config_path: str | None) -> None:
+    """List the snapshots a replica holds (TARGET: database path or replica URL)."""
+    replica, _ = _resolve_replica(target, config_path, replica_name)
+    storage: Storage = open_storage(replica)
+    if delete_name is not None:
+        from .compactor import forget_name
+
+        gone = forget_name(storage, delete_name)
+        if not gone:
+            raise ReplicatorError(f"{replica.url}: no snapshot named {delete_name!r}")
+        click.echo(f"took the name {delete_name!r} off {len(gone)} snapshot(s); retention now treats them "
+                   "like any other")
+        return
+    listing = layout.parse_listing(storage.list(layout.GENERATIONS))
+    click.echo(format_listing(listing, "snapshots"))
 
 
 @cli.command()

@@ -245,3 +245,28 @@ class Scheduler:
             return False
         log.info("%s", summary.line())
         return True
+
+
+def forget_name(storage: Storage, name: str, owner: str | None = None) -> list[str]:
+    """`replicator snapshots --delete NAME`: the snapshots named NAME lose their protection
+    (retention then treats them as any other). Objects are immutable, so each one is copied
+    to its unnamed key, the copy read back and checked, and only then is the named object
+    deleted: the history it restores stays restorable while the window needs it. Under the
+    compactor's lease (nothing else deletes meanwhile). Returns the keys deleted."""
+    held = lease.acquire(storage, owner or owner_id(), LEASE_TTL_S, key=layout.COMPACTOR_LEASE, role="compactor")
+    try:
+        listing = layout.parse_listing(storage.list(layout.GENERATIONS))
+        named = [s for g in listing.generations for s in g.snapshots if s.name == name]
+        have = {s.key for g in listing.generations for s in g.snapshots}
+        for snap in named:
+            plain = layout.snapshot_key(snap.generation, snap.txid, snap.time_ms * 1_000_000)
+            if plain not in have:
+                with storage.open(snap.key) as f:
+                    storage.put(plain, f)
+                with storage.open(plain) as f:
+                    verify_stream(f, plain, storage.stat(plain).size)
+        if named:
+            storage.delete_many([s.key for s in named])
+        return [s.key for s in named]
+    finally:
+        held.release()

@@ -25,7 +25,7 @@ LEASE = "lease.json"
 COMPACTOR_LEASE = "compactor.lease.json"  # the compactor's own: it and the replicator run side by side
 GENERATIONS = "generations/"
 _GEN = re.compile(r"^\d{8}T\d{6}(\d{3})?Z-[0-9a-f]{6}$")
-_SNAP = re.compile(r"^([0-9a-f]{16})_(\d{13})(?:_([A-Za-z0-9._-]{1,64}))?\.snap\.zst$")
+_SNAP = re.compile(r"^([0-9a-f]{16})_(\d{13})(?:_([A-Za-z0-9._-]{1,64})(?:~(\d{13}))?)?\.snap\.zst$")
 _SEG = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})_(\d{13})-(\d{13})\.seg\.zst$")
 _RETIRED = re.compile(r"^([0-9a-f]{16})_(\d{13})\.retired$")
 SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -50,8 +50,13 @@ def _ms_ceil(ns: int) -> int:
     return -(-ns // 1_000_000)
 
 
-def snapshot_key(gen: str, txid: int, time_ns: int, name: str | None = None) -> str:
+def snapshot_key(gen: str, txid: int, time_ns: int, name: str | None = None,
+                 keep_until_ms: int | None = None) -> str:
+    """A named snapshot may carry the time until which retention keeps it (`--keep-for`):
+    in the name, so that the decision needs no GET."""
     suffix = f"_{name}" if name else ""
+    if name and keep_until_ms is not None:
+        suffix += f"~{keep_until_ms:013d}"
     return f"{GENERATIONS}{gen}/snapshots/{txid:016x}_{_ms_floor(time_ns):013d}{suffix}.snap.zst"
 
 
@@ -85,6 +90,7 @@ class SnapshotInfo:
     name: str | None
     key: str
     size: int
+    keep_until_ms: int | None = None  # a named snapshot's --keep-for, as a time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,7 +162,8 @@ def parse_key(key: str, size: int = 0) -> SnapshotInfo | SegmentInfo | None:
         return None
     gen, kind, name = parts[1], parts[2], parts[3]
     if kind == "snapshots" and (m := _SNAP.match(name)):
-        return SnapshotInfo(gen, int(m.group(1), 16), int(m.group(2)), m.group(3), key, size)
+        until = int(m.group(4)) if m.group(4) else None
+        return SnapshotInfo(gen, int(m.group(1), 16), int(m.group(2)), m.group(3), key, size, until)
     if kind == "segments" and (m := _SEG.match(name)):
         return SegmentInfo(gen, int(m.group(1), 16), int(m.group(2), 16), int(m.group(3)),
                            int(m.group(4)), key, size)

@@ -352,7 +352,7 @@ class DbReplicator:
             log.warning("%s: checkpoint failed: %s; retried later", self.cfg.path, err)
         return True
 
-    def snapshot_now(self, name: str | None = None) -> int:
+    def snapshot_now(self, name: str | None = None, keep_for_s: float | None = None) -> int:
         """A snapshot in the current generation at the current txid; returns that txid.
         Waits for a running checkpoint cycle first (a snapshot needs the fence)."""
         self._joined_checkpoint()
@@ -361,8 +361,9 @@ class DbReplicator:
         hdr, pos, expected = view
         now = self.tail.now()
         self.spooler.history_bytes = 0
+        until = (now + int(keep_for_s * 1e9)) // 1_000_000 if name and keep_for_s is not None else None
         snap = write_snapshot(self.spool, self.handles, hdr, self.generation, pos.txid, now, expected,
-                              poll=self._poll_copy, name=name)
+                              poll=self._poll_copy, name=name, keep_until_ms=until)
         self.last_snapshot_ns, self.last_snapshot_bytes = now, snap.size
         log.info("%s: snapshot at txid %d", self.cfg.path, pos.txid)
         self._notify()
@@ -420,10 +421,22 @@ class DbReplicator:
             return
         self._requests_seen = changed
         for req in sorted(self.spool.requests_dir.glob("*.req")):
-            name = req.read_text().strip() or None
+            name, keep_for_s = _read_request(req)
             try:
-                txid = self.snapshot_now(name)
+                txid = self.snapshot_now(name, keep_for_s)
                 req.with_suffix(".done").write_text(str(txid))
             except ReplicatorError as err:
                 req.with_suffix(".failed").write_text(str(err))
             req.unlink(missing_ok=True)
+
+
+def _read_request(req: Path) -> tuple[str | None, float | None]:
+    """A snapshot request file: {"name": ..., "keep_for_s": ...} (older: the name alone)."""
+    import json
+
+    text = req.read_text().strip()
+    try:
+        data = json.loads(text) if text.startswith("{") else {"name": text or None}
+        return data.get("name") or None, data.get("keep_for_s")
+    except (ValueError, AttributeError):
+        return text or None, None

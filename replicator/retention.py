@@ -107,7 +107,7 @@ def retain(listing: Listing, policy: Policy, now_ns: int) -> CompactionPlan:
     deleted: dict[str, int] = {}
     markers: list[str] = []
     earliest = gens[0].start_ms * MS if gens[0].start_ms is not None else None
-    reasons = _kept_snapshots(gens, policy)
+    reasons = _kept_snapshots(gens, policy, now_ns)
     kept_old: list[tuple[str, tuple[str, ...]]] = []
     if policy.retention_s is not None:
         cut = _retention_cut(gens, now_ns - int(policy.retention_s * 1e9))
@@ -154,14 +154,14 @@ _BUCKETS = {
 }
 
 
-def _kept_snapshots(gens: list[Generation], policy: Policy) -> dict[str, tuple[str, ...]]:
+def _kept_snapshots(gens: list[Generation], policy: Policy, now_ns: int) -> dict[str, tuple[str, ...]]:
     """Snapshot key -> the rules that keep it beyond the window ("named", "hourly", ...)."""
     import datetime as dt
 
     reasons: dict[str, list[str]] = {}
     snaps = sorted((s for g in gens for s in g.snapshots), key=lambda s: (s.time_ms, s.txid), reverse=True)
     for s in snaps:
-        if s.name:
+        if s.name and (s.keep_until_ms is None or s.keep_until_ms * MS > now_ns):
             reasons.setdefault(s.key, []).append("named")
     for rule, n in policy.keep:
         seen: set = set()

@@ -7,6 +7,7 @@ waits for its answer.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -18,14 +19,14 @@ from .spool import Spool
 POLL_S = 0.05
 
 
-def take_snapshot(db: DbConfig, name: str | None, timeout_s: float) -> int:
+def take_snapshot(db: DbConfig, name: str | None, timeout_s: float, keep_for_s: float | None = None) -> int:
     spool = Spool(db.path)
     if spool.try_lock():
         spool.unlock()
         rep = DbReplicator(db)
         rep.open()
         try:
-            txid = rep.snapshot_now(name)
+            txid = rep.snapshot_now(name, keep_for_s)
         finally:
             rep.stop()
             if not rep.join():
@@ -33,7 +34,7 @@ def take_snapshot(db: DbConfig, name: str | None, timeout_s: float) -> int:
         return txid
     req = spool.requests_dir / f"{time.time_ns()}-{uuid.uuid4().hex[:6]}.req"
     tmp = req.with_suffix(".tmp")
-    tmp.write_text(name or "")
+    tmp.write_text(json.dumps({"name": name, "keep_for_s": keep_for_s}))
     tmp.rename(req)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -32,7 +32,7 @@ class Snapshot:
 
 def write_snapshot(spool: Spool, handles: DbHandles, hdr: wal.IndexHeader, generation: str, txid: int,
                    time_ns: int, expected: int | None, poll: Callable[[], None] = lambda: None,
-                   name: str | None = None) -> Snapshot:
+                   name: str | None = None, keep_until_ms: int | None = None) -> Snapshot:
     """Stream the database as of `hdr` (R's view) into a snapshot object in the spool.
 
     `poll` runs between chunks: commits keep flowing while a large image is read (R's mark
@@ -40,7 +40,7 @@ def write_snapshot(spool: Spool, handles: DbHandles, hdr: wal.IndexHeader, gener
     `expected`, SpoolError if the spool cannot take it; nothing is published then.
     """
     n_pages, chunks = read_image(handles, hdr)
-    key = layout.snapshot_key(generation, txid, time_ns, name)
+    key = layout.snapshot_key(generation, txid, time_ns, name, keep_until_ms)
     try:
         with spool.objects.writer(key) as out:
             writer = SnapshotWriter(out, generation, handles.page_size, txid, time_ns, n_pages)

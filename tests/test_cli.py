@@ -369,3 +369,31 @@ def test_compact_dry_run_prints_the_plan_and_changes_nothing(populated, tmp_path
     assert result.exit_code == 0, result.output
     assert f"file://{populated.replica}: " in result.output
     assert sorted(p.name for p in populated.replica.rglob("*")) == before
+
+
+def test_snapshot_keep_for_and_deleting_a_name(tmp_path):
+    """--keep-for goes into the name (retention reads it from the listing); --delete takes
+    the name off (a checked unnamed copy stays, so what it restores stays restorable)."""
+    from replicator.snapshot_cmd import take_snapshot
+
+    db, replica = tmp_path / "app.db", tmp_path / "replica"
+    conn = apsw.Connection(str(db))
+    list(conn.execute("pragma journal_mode=wal; create table t(x); insert into t values (1)"))
+    cfg = DbConfig(path=str(db), replicas=(ReplicaConfig(name="file", url=f"file://{replica}", type="file",
+                                                         path=str(replica)),))
+    txid = take_snapshot(cfg, "pre-migration", 30, keep_for_s=90 * 86400)
+    listed = invoke("snapshots", f"file://{replica}")
+    assert "pre-migration" in listed.output and "(until deleted)" not in listed.output
+    gone = invoke("snapshots", "--delete", "pre-migration", f"file://{replica}")
+    assert gone.exit_code == 0 and "took the name 'pre-migration' off 1 snapshot" in gone.output, gone.output
+    assert "pre-migration" not in invoke("snapshots", f"file://{replica}").output
+    out = tmp_path / "o.db"
+    assert invoke("restore", "-o", out, "--txid", txid, f"file://{replica}").exit_code == 0
+    again = invoke("snapshots", "--delete", "pre-migration", f"file://{replica}")
+    assert again.exit_code == 1 and "no snapshot named 'pre-migration'" in again.output
+    conn.close()
+
+
+def test_keep_for_needs_a_name(tmp_path):
+    result = invoke("snapshot", tmp_path / "app.db", f"file://{tmp_path}/r", "--keep-for", "90d")
+    assert result.exit_code == 2 and "--keep-for goes with --name" in result.output

@@ -228,3 +228,17 @@ def test_tiered_rules_keep_the_newest_snapshot_of_each_of_the_last_buckets():
     assert not set(kept) & set(plan.deletions)
     lines = describe_plan(plan)
     assert any(line.startswith("keep ") and "daily" in line for line in lines)
+
+
+def test_a_named_snapshot_is_kept_until_its_keep_for_runs_out():
+    g = "20260101T000000000Z-aaaaaa"
+    objs = [ObjectInfo(layout.snapshot_key(g, 1, 1_000 * MS), 10),
+            ObjectInfo(layout.snapshot_key(g, 2, 1_500 * MS, "pre-migration", keep_until_ms=20_000), 10),
+            ObjectInfo(layout.segment_key(g, 2, 5, 1_001 * MS, 2_000 * MS), 10),
+            ObjectInfo(layout.snapshot_key(g, 5, 5_000 * MS), 10),
+            ObjectInfo(layout.segment_key(g, 6, 9, 5_001 * MS, 9_000 * MS), 10)]
+    listing = layout.parse_listing(objs)
+    assert listing.generations[0].snapshots[1].keep_until_ms == 20_000
+    policy = Policy(retention_s=1.0, snapshot_ratio=0)
+    assert objs[1].key not in retain(listing, policy, 10_000 * MS).deletions  # still within its keep-for
+    assert objs[1].key in retain(listing, policy, 30_000 * MS).deletions  # run out: retired like the rest
