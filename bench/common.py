@@ -56,6 +56,10 @@ class Settings:
     requests_load_s: float = 60.0  # ... and with the writer at requests_rate
     requests_rate: int = 500
     requests_rounds: int = 1
+    sim_days: int = 60  # 7. simulated days of replication and compaction on S3
+    sim_step_min: int = 15
+    sim_tx_per_step: int = 5
+    sim_pass_every_h: int = 6
     seed: int = 7
     profile: bool = False
 
@@ -64,7 +68,7 @@ class Settings:
         return cls(rpo_runs=2, rpo_rates=(500, 5000, 0), rpo_write_s=(1.0, 2.5), impact_s=5.0,
                    impact_rounds=1, cpu_rate_s=5.0, idle_s=10.0, restore_size_mb=96,
                    history_factors=(1.0, 3.0), pitr_s=5.0, pitr_targets=5, requests_idle_s=20.0,
-                   requests_load_s=15.0)
+                   requests_load_s=15.0, sim_days=31, sim_step_min=60, sim_pass_every_h=12)
 
 
 def rate_label(rate: float) -> str:
