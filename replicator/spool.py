@@ -247,9 +247,10 @@ class Spool:
         meta = _base_meta(base)
         if meta is None:
             return None
+        same_boot = bool(self.boot) and meta.get("boot") == self.boot
         embedded: list[tuple[str, memoryview]] = []
-        state = _replay(base, log, None if meta.get("boot") == self.boot and self.boot else "markers", embedded)
-        if state is not None:
+        state = _replay(base, log, None if same_boot else "markers", embedded)
+        if state is not None and not same_boot:  # in the same boot the page cache kept every file
             self._materialize(embedded)
         return state
 
