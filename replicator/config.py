@@ -309,8 +309,9 @@ class _Parser:
 
 def replica_from_url(url: str, error: Callable[[str], Exception] | None = None) -> ReplicaConfig:
     """A replica from a URL (`file:///dir`, `s3://bucket/prefix`, or a bare directory path)."""
-    fail = error or (lambda m: ConfigError(f"{url}: {m}"))
     parsed = urlparse(url)
+    shown = _without_credentials(url, parsed)
+    fail = error or (lambda m: ConfigError(f"{shown}: {m}"))
     if parsed.scheme in ("", "file"):
         if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
             raise fail("file URLs take an absolute path: file:///path/to/dir")
@@ -329,3 +330,11 @@ def replica_from_url(url: str, error: Callable[[str], Exception] | None = None) 
                              url=f"s3://{parsed.netloc}/{prefix}".rstrip("/"),
                              sync_interval_s=DEFAULT_S3_SYNC_INTERVAL_S)
     raise fail(f"unsupported replica URL scheme {parsed.scheme!r} (file or s3)")
+
+
+def _without_credentials(url: str, parsed) -> str:
+    """The URL as it may be shown: a user:secret@ part is replaced, never echoed."""
+    if parsed.username is None and parsed.password is None:
+        return url
+    return url.replace(parsed.netloc, "***@" + parsed.netloc.rpartition("@")[2], 1)
+

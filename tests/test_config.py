@@ -306,3 +306,10 @@ def test_replica_from_url(url, kind, where):
     assert (r.path if kind == "file" else r.s3.bucket) == where
     if kind == "s3":
         assert r.url == url.rstrip("/")
+
+
+def test_a_secret_in_a_replica_url_is_never_echoed():
+    with pytest.raises(ConfigError) as e:
+        replica_from_url("s3://AKIAEXAMPLE:very-secret-value@bucket/prefix")
+    assert "very-secret-value" not in str(e.value) and "AKIAEXAMPLE" not in str(e.value)
+    assert "s3://***@bucket/prefix" in str(e.value) and "credentials do not belong in the URL" in str(e.value)
