@@ -232,4 +232,6 @@ def _integrity_check(path: Path) -> None:
     except apsw.Error as err:
         raise RestoreError(f"restored database fails to open: {err}") from None
     if rows != [("ok",)]:
-        raise RestoreError(f"restored database fails integrity_check: {rows[:3]}")
+        problems = [line for row in rows for line in str(row[0]).splitlines() if line.strip()]
+        more = f" (and {len(problems) - 2} more problems)" if len(problems) > 2 else ""
+        raise RestoreError(f"restored database fails integrity_check: {'; '.join(problems[:2])}{more}")
