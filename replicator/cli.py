@@ -5,9 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,6 +16,7 @@ from .config import Config, DbConfig, ReplicaConfig
 from .durations import format_timestamp, parse_duration, parse_timestamp
 from .errors import ConfigError, NothingToRestore, OutputExists, ReplicatorError
 from .plan import Target
+from .stopping import stop_on_signals
 from .storage import Storage, open_storage
 
 log = logging.getLogger("replicator")
@@ -109,14 +108,12 @@ def _run_daemon(config: Config, supervised: bool) -> None:
         if not Path(db.path).parent.is_dir():
             raise ConfigError(f"{config.source or 'config'}: dbs[{i}].path: directory {Path(db.path).parent} "
                               "does not exist")
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    daemon = Daemon(config, supervised=supervised)
-    daemon.start()
-    daemon.wait(stop)
-    log.info("stopping: shipping everything committed so far")
-    ok = daemon.shutdown()
+    with stop_on_signals() as stop:
+        daemon = Daemon(config, supervised=supervised)
+        daemon.start()
+        daemon.wait(stop)
+        log.info("stopping: shipping everything committed so far")
+        ok = daemon.shutdown()
     if not ok:
         raise ReplicatorError("stopped with data not yet on every replica (it stays in the spool)")
     log.info("stopped cleanly")
@@ -350,10 +347,9 @@ def compact(config_path: str, once: bool, dry_run: bool) -> None:
             policy = Policy(r.retention_s if r.retention_enabled else None, db.snapshot_history_ratio,
                             keep=r.keep)
             jobs.append((Compactor(open_storage(r), policy), r.retention_check_interval_s))
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    if not Scheduler(jobs).run(stop, once=once, dry_run=dry_run, emit=click.echo):
+    with stop_on_signals() as stop:
+        ok = Scheduler(jobs).run(stop, once=once, dry_run=dry_run, emit=click.echo)
+    if not ok:
         raise ReplicatorError("a compaction pass failed (see the log above)")
 
 

@@ -36,7 +36,8 @@ class Daemon:
             raise
 
     def wait(self, stop: threading.Event) -> None:
-        stop.wait()
+        while not stop.wait(1.0):  # in slices: a blocked untimed wait is how signals get lost
+            pass
 
     def shutdown(self) -> bool:
         for r in self.replicators:
