@@ -38,12 +38,11 @@ def small_spool(tmp_path: Path):
 def _fill(path: Path) -> int:
     """Write zeros until the filesystem is full; returns the bytes written."""
     written = 0
-    with open(path, "wb") as f:
+    with open(path, "wb", buffering=0) as f:  # unbuffered: ENOSPC surfaces here, not at close
         chunk = bytes(64 << 10)
         try:
             while True:
                 written += f.write(chunk)
-                f.flush()
         except OSError as err:
             assert err.errno == errno.ENOSPC
     return written
@@ -57,6 +56,7 @@ def test_a_full_spool_disk_loses_nothing_and_recovers_by_itself(tmp_path: Path, 
     rep.start()
     rep.wait_tailing()
     app.write(30)
+    rep.wait_shipped(31)  # settled before the disk fills (txid 1 is the first snapshot)
     filler = spool / "filler"
     assert _fill(filler) > 0
     wal_before = os.path.getsize(str(db) + "-wal")
