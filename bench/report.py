@@ -110,7 +110,22 @@ def write(path: Path, res: dict, info: dict, command: str, settings, versions: d
     lines += _profiles(res)
     lines += ["## Method and deviations from issue 7", ""]
     lines += [f"- {n}" for n in _method(s, res) + notes]
-    path.write_text("\n".join(lines) + "\n")
+    lines += ["", *_kept_notes(path)]
+    path.write_text("\n".join(lines).rstrip("\n") + "\n")
+
+
+KEPT_MARKER = "<!-- written by hand: the bench keeps everything from here on when it rewrites this file -->"
+
+
+def _kept_notes(path: Path) -> list[str]:
+    """The hand-written analysis below KEPT_MARKER (before/after comparisons, why a target is
+    missed) outlives a regenerated report; without it a bench run would silently drop it."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return [KEPT_MARKER, ""]
+    at = text.find(KEPT_MARKER)
+    return text[at:].splitlines() if at >= 0 else [KEPT_MARKER, ""]
 
 
 def _targets(res: dict, s) -> list[list[str]]:
