@@ -6,7 +6,6 @@ copy equals the live database.
 from __future__ import annotations
 
 import hashlib
-import signal
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ import apsw
 import click
 
 from .config import Config, DbConfig, ReplicaConfig
+from .stopping import stop_on_signals
 
 
 def content_hash(path: str | Path, immutable: bool = False) -> str:
@@ -55,23 +55,21 @@ def run_demo(directory: Path, rate: float, duration: float) -> None:
     config = Config(dbs=(DbConfig(path=str(db), replicas=(replica,)),))
     writer = subprocess.Popen([sys.executable, "-m", "replicator.demo_writer", str(db), str(rate)],
                               start_new_session=True)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    daemon = Daemon(config, supervised=False)
-    try:
-        daemon.start()
-        click.echo(f"replicating {db} -> {replica_dir} (a demo writer adds {rate:g} notes/s); Ctrl-C stops")
-        if duration > 0:
-            timer = threading.Timer(duration, stop.set)
-            timer.daemon = True
-            timer.start()
-        daemon.wait(stop)
-    finally:
-        writer.terminate()
-        writer.wait()
-    click.echo("stopping: shipping the last transactions...")
-    ok = daemon.shutdown()
+    with stop_on_signals() as stop:
+        daemon = Daemon(config, supervised=False)
+        try:
+            daemon.start()
+            click.echo(f"replicating {db} -> {replica_dir} (a demo writer adds {rate:g} notes/s); Ctrl-C stops")
+            if duration > 0:
+                timer = threading.Timer(duration, stop.set)
+                timer.daemon = True
+                timer.start()
+            daemon.wait(stop)
+        finally:
+            writer.terminate()
+            writer.wait()
+        click.echo("stopping: shipping the last transactions...")
+        ok = daemon.shutdown()
     restored = directory / "restored.db"
     restored.unlink(missing_ok=True)
     started = time.monotonic()
