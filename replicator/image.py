@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from . import wal
+from .dbhash import DbChecksum
 from .handles import DbHandles
 
 IMAGE_CHUNK_PAGES = 2048  # 8 MiB at 4 KiB pages per read (and copy-loop poll) during a snapshot
@@ -53,3 +54,21 @@ def read_image(handles: DbHandles, hdr: wal.IndexHeader) -> tuple[int, Iterator[
             yield first, buf  # a fresh buffer per chunk: safe to hand to another thread
 
     return n_pages, chunks()
+
+
+def image_matches(handles: DbHandles, hdr: wal.IndexHeader, checksum: DbChecksum) -> bool:
+    """Is R's view as of `hdr` exactly the database `checksum` describes, page for page?
+
+    Proves continuity where the WAL cannot (it was deleted or restarted while nobody
+    tailed it): if every page hashes as the saved state's, the database is that state,
+    whatever happened to the WAL. Stops reading at the first chunk that differs.
+    """
+    n_pages, chunks = read_image(handles, hdr)
+    if n_pages != checksum.n_pages or handles.page_size != checksum.page_size:
+        return False
+    seen = DbChecksum(handles.page_size)
+    for first, buf in chunks:
+        seen.append_pages(buf)
+        if seen.hashes[first - 1:] != checksum.hashes[first - 1:seen.n_pages]:
+            return False
+    return seen.value == checksum.value

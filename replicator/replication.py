@@ -20,12 +20,13 @@ from .checkpointer import Checkpointer, backfill_tail, move_mark
 from .config import DbConfig
 from .errors import ReplicatorError, SourceError, SpoolError
 from .handles import DbHandles
+from .image import image_matches
 from .replica import Shipper
 from .snapshotter import write_snapshot
 from .spool import Spool, TailState
 from .spooler import Spooler
 from .storage import Storage, open_storage
-from .tail import ContinuityLost, Tail
+from .tail import ContinuityLost, Position, Tail
 from .wakeup import watch_file
 
 log = logging.getLogger(__name__)
@@ -249,7 +250,7 @@ class DbReplicator:
             self._drop_spooled_after(state.generation, state.pos.txid)
             self.spool.sync_everything()  # the previous run's objects: their syncs are unknown
             self.spool.save_base(state)  # this run's log starts from a durable state
-        resumed = False
+        resumed, proof = False, ""
         with self.spooler.lock, self.handles.fence():
             self.handles.begin_read()
             hdr = self.handles.index_header()
@@ -262,6 +263,14 @@ class DbReplicator:
             else:
                 txid = self._next_txid(state)
                 self.tail.start(hdr, txid, checksum=None)  # type: ignore[arg-type]
+        if not resumed and state is not None and hdr.mx_frame == 0 and image_matches(
+                self.handles, hdr, state.checksum):
+            # The WAL is empty and new (deleted by the last connection's close, typically
+            # ours after the application's) but the file is the saved state, page for page:
+            # continuity holds. R, on mark 0, keeps the file as read while this runs: no
+            # backfill can happen, and frames written meanwhile wait in the WAL from frame 1.
+            self.tail.set(Position((hdr.salt1, hdr.salt2), 0, (0, 0), state.pos.txid), state.checksum)
+            resumed, proof = True, " (a new WAL; the database file is the saved state, page for page)"
         self._unwatch = watch_file(self.handles.wal_path, self.wake)
         self._open = True
         if resumed:
@@ -269,7 +278,8 @@ class DbReplicator:
             self.last_snapshot_ns = self._recovered_snapshot_ns()
             self.last_snapshot_bytes, self.spooler.history_bytes = max(
                 [s.history.get(self.generation, (0, 0)) for s in self.shippers], key=lambda h: h[1])
-            log.info("%s: resuming generation %s at txid %d", self.cfg.path, self.generation, state.pos.txid)
+            log.info("%s: resuming generation %s at txid %d%s", self.cfg.path, self.generation, state.pos.txid,
+                     proof)
             return
         log.info("%s: cannot prove continuity with %s; starting a new generation", self.cfg.path,
                  "the last run" if state is not None else "any earlier run")

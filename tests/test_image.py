@@ -6,7 +6,8 @@ import apsw
 import pytest
 
 from replicator.checkpointer import move_mark
-from replicator.image import read_image
+from replicator.dbhash import DbChecksum
+from replicator.image import image_matches, read_image
 
 from livedb import LiveTail
 
@@ -71,5 +72,35 @@ def test_image_chunks_read_the_file_and_overlay_the_wal_across_chunk_boundaries(
             assert conn.execute("SELECT group_concat(hex(v)) FROM t").fetchall() == want
         finally:
             conn.close()
+    finally:
+        live.close()
+
+
+def _checksum_of_view(live, hdr) -> DbChecksum:
+    checksum = DbChecksum(live.handles.page_size)
+    for _, chunk in read_image(live.handles, hdr)[1]:
+        checksum.append_pages(chunk)
+    return checksum
+
+
+def test_image_matches_only_the_database_it_describes(app_db):
+    path, app = app_db
+    live = LiveTail(path).start()
+    try:
+        for i in range(30):
+            app.execute("INSERT INTO t(v) VALUES (?)", (bytes([i]) * 3000,))
+        hdr, _, _ = move_mark(live.handles, live.spooler, fenced=True)
+        saved = _checksum_of_view(live, hdr)
+        assert image_matches(live.handles, hdr, saved)
+        app.execute("UPDATE t SET v = x'00' WHERE id = 30")  # one page changes, the count stays
+        hdr, _, _ = move_mark(live.handles, live.spooler, fenced=True)
+        assert not image_matches(live.handles, hdr, saved)
+        for _ in range(4):
+            app.execute("INSERT INTO t(v) VALUES (?)", (b"x" * 3000,))
+        hdr, _, _ = move_mark(live.handles, live.spooler, fenced=True)
+        grown = _checksum_of_view(live, hdr)
+        assert grown.n_pages > saved.n_pages
+        assert not image_matches(live.handles, hdr, saved)  # another page count
+        assert image_matches(live.handles, hdr, grown)
     finally:
         live.close()

@@ -38,9 +38,13 @@ ACTIONS = {
 # Cells in which the WAL still proves continuity when the second run starts: it must resume
 # the generation rather than start a new one (a new one would be safe, but needless).
 PROVABLE = {"none", "passive", "full", "restart", "journal_size_limit", "vacuum"}
+# Cells whose WAL is new and empty when the second run starts: with no write since the first
+# run, the database file alone proves the saved state (image.image_matches), and must.
+UNCHANGED_FILE = {"truncate", "close"}
 
 
-def _cell(tmp_path: Path, state: str, action: str, timing: str, mode: str = "keep") -> None:
+def _cell(tmp_path: Path, state: str, action: str, timing: str, mode: str = "keep",
+          downtime: int = DOWNTIME) -> None:
     db, replica = tmp_path / "app.db", tmp_path / "replica"
     app = AppProc(db, SEED, mode)
     app.send("pragma wal_autocheckpoint=0")  # checkpoints happen only where a cell says so
@@ -53,7 +57,8 @@ def _cell(tmp_path: Path, state: str, action: str, timing: str, mode: str = "kee
         rep.stop(kill=state == "killed")
     else:
         app.write(BEFORE)
-    app.write(DOWNTIME)
+    if downtime:
+        app.write(downtime)
     for command in ACTIONS[action]:
         if command.startswith("write "):
             app.write(int(command.split()[1]))
@@ -75,7 +80,8 @@ def _cell(tmp_path: Path, state: str, action: str, timing: str, mode: str = "kee
     final = app.k
     app.quit()
     listing = check_replica(replica, tmp_path, SEED, final, rep.reported)
-    if state != "never" and action in PROVABLE and timing == "after_resume" and mode == "keep":
+    provable = action in PROVABLE or (downtime == 0 and action in UNCHANGED_FILE)
+    if state != "never" and provable and timing == "after_resume" and mode == "keep":
         assert len(listing.generations) == 1, f"continuity was provable: {[g.name for g in listing.generations]}"
     gens = [g for g in listing.generations if g.first_txid is not None]
     for older, newer in zip(gens, gens[1:]):
@@ -98,3 +104,12 @@ def test_matrix_other_applications(tmp_path: Path, mode: str, state: str, timing
     if mode == "cli" and shutil.which("sqlite3") is None:
         pytest.skip("the sqlite3 command-line tool is not installed")
     _cell(tmp_path, state, "passive", timing, mode)
+
+
+@pytest.mark.parametrize("action", sorted(UNCHANGED_FILE))
+@pytest.mark.parametrize("state", ["clean", "killed"])
+def test_a_new_wal_over_an_unchanged_file_resumes(tmp_path: Path, state: str, action: str) -> None:
+    """No write while the replicator was down, then the WAL emptied (TRUNCATE) or deleted
+    (the last connection closed): the WAL proves nothing, the file proves everything, so the
+    generation resumes (a new one would re-upload the whole database after every such stop)."""
+    _cell(tmp_path, state, action, "after_resume", downtime=0)
