@@ -138,7 +138,7 @@ def retain(listing: Listing, policy: Policy, now_ns: int) -> CompactionPlan:
     covered = [c for g in kept for c in _covered(g, deleted)]
     skip = dict(deleted) | {s.key: s.size for c in covered for s in c.covered}
     merges = [m for g in kept for m in _merges(g, policy, now_ns, skip)]
-    syntheses = _newest_first([s for g in kept for s in _syntheses(g, policy, skip)])[:MAX_SYNTHESES_PER_PASS]
+    syntheses = _newest_first([s for g in kept for s in _syntheses(g, policy, skip)], MAX_SYNTHESES_PER_PASS)
     return CompactionPlan(tuple(sorted(deleted)), tuple(merges), tuple(syntheses), earliest,
                           sum(deleted.values()), tuple(covered), tuple(markers), tuple(kept_old))
 
@@ -184,10 +184,15 @@ def _mark(markers: list[str], deleted: dict[str, int], g: Generation, txid: int,
     deleted.update((r.key, 0) for r in g.retired if r.txid < txid)
 
 
-def _newest_first(syntheses: list[Synthesis]) -> list[Synthesis]:
-    """Chains of syntheses (one on an existing snapshot, then those built on it) with the
-    most recent history first, each chain in its own order: a pass limited to a few builds
-    first bounds what the latest restore replays."""
+def _newest_first(syntheses: list[Synthesis], cap: int) -> list[Synthesis]:
+    """At most `cap` builds: chains of syntheses (one on an existing snapshot, then those
+    built on it) with the most recent history first, each chain in its own order.
+
+    A chain longer than the room left would build its oldest points and leave the newest
+    history (what the latest restore replays) for later passes, so it starts with a leap: one
+    build from the chain's base straight to its newest point, then as much of the chain as
+    fits; the next passes fill in the middle (the leap then ends their count).
+    """
     chains: list[list[Synthesis]] = []
     for s in syntheses:
         if s.base is None and chains:
@@ -195,7 +200,17 @@ def _newest_first(syntheses: list[Synthesis]) -> list[Synthesis]:
         else:
             chains.append([s])
     chains.sort(key=lambda c: (c[0].generation, c[0].base.txid if c[0].base else 0), reverse=True)
-    return [s for c in chains for s in c]
+    out: list[Synthesis] = []
+    for chain in chains:
+        room = cap - len(out)
+        if room <= 0:
+            break
+        if len(chain) > room:
+            leap = Synthesis(chain[0].generation, chain[0].base, tuple(seg for s in chain for seg in s.segments))
+            out += [leap, *chain[:room - 1]]
+        else:
+            out += chain
+    return out
 
 
 def _covered(gen: Generation, deleted: dict[str, int]) -> list[Covered]:

@@ -242,3 +242,26 @@ def test_a_named_snapshot_is_kept_until_its_keep_for_runs_out():
     policy = Policy(retention_s=1.0, snapshot_ratio=0)
     assert objs[1].key not in retain(listing, policy, 10_000 * MS).deletions  # still within its keep-for
     assert objs[1].key in retain(listing, policy, 30_000 * MS).deletions  # run out: retired like the rest
+
+
+def test_a_backlog_longer_than_a_pass_builds_the_newest_point_first():
+    """20 snapshots' worth of history, 8 builds a pass: the first build leaps from the base
+    to the newest segment (what the latest restore replays), then the oldest points follow;
+    the next pass fills in the middle and builds nothing past the leap."""
+    from replicator.retention import MAX_SYNTHESES_PER_PASS
+
+    g = "20260101T000000000Z-aaaaaa"
+    objs = [ObjectInfo(layout.snapshot_key(g, 1, 1_000 * MS), 100)]
+    for k in range(20):
+        objs.append(ObjectInfo(layout.segment_key(g, 2 + k, 2 + k, (1_001 + k) * MS, (1_001 + k) * MS), 100))
+    policy = Policy(None, snapshot_ratio=1.0, min_snapshot_history_bytes=0)
+    plan = retain(layout.parse_listing(objs), policy, 10_000 * MS)
+    assert len(plan.syntheses) == MAX_SYNTHESES_PER_PASS
+    leap, *rest = plan.syntheses
+    assert leap.base is not None and leap.base.txid == 1 and leap.txid == 21
+    assert [s.txid for s in rest] == list(range(2, 2 + len(rest)))  # the oldest points, in order
+
+    built = [ObjectInfo(layout.snapshot_key(g, s.txid, (1_000 + s.txid - 1) * MS), 100) for s in plan.syntheses]
+    again = retain(layout.parse_listing(objs + built), policy, 10_000 * MS)
+    txids = [s.txid for s in again.syntheses]
+    assert txids and min(txids) > max(s.txid for s in rest) and max(txids) < 21
