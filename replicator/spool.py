@@ -56,6 +56,18 @@ def spool_dir(db_path: str) -> Path:
     return p.with_name(p.name + "-replicator")
 
 
+def spool_mode(db_path: str) -> int:
+    """The spool holds the database's pages: its directory gets the database's permission
+    bits (read implying search), so a 0600 database's spool is 0700, not the umask's 0755;
+    a group that may read the database may read its spool. Every file below is reached
+    through this directory, whatever its own mode. Unknown (no file yet): owner only."""
+    try:
+        mode = os.stat(db_path).st_mode & 0o777
+    except OSError:
+        return 0o700
+    return 0o700 | mode | ((mode & 0o044) >> 2)
+
+
 def boot_id() -> str:
     """Changes with every boot: tells a process crash (page cache intact) from an OS crash."""
     try:
@@ -66,6 +78,7 @@ def boot_id() -> str:
 
 class Spool:
     def __init__(self, db_path: str, boot: str | None = None):
+        self.db_path = db_path
         self.dir = spool_dir(db_path)
         # Not fsynced per batch: sync() makes them durable before any frame they hold may
         # leave the WAL (design 5a).
@@ -100,6 +113,7 @@ class Spool:
         try:
             for d in (self.dir, self.state_dir, self.requests_dir, self.dir / "objects"):
                 d.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.dir, spool_mode(self.db_path))
             fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
             raise SpoolError(f"cannot create the spool {self.dir}: {err.strerror}") from None

@@ -190,3 +190,19 @@ def test_objects_carried_in_the_log_are_written_back_after_a_reboot(spool, tmp_p
     state = again.load()
     assert state.pos == _pos(2) and state.checksum.value == ck.value
     assert again.objects.get(key) == data
+
+
+@pytest.mark.parametrize("db_mode, spool_mode", [(0o600, 0o700), (0o640, 0o750), (0o644, 0o755)])
+def test_the_spool_is_no_more_readable_than_the_database(tmp_path, db_mode, spool_mode):
+    """A 0600 database must not gain a world-readable copy of its pages beside it."""
+    db = tmp_path / "app.db"
+    db.write_bytes(b"")
+    db.chmod(db_mode)
+    old = os.umask(0o022)
+    try:
+        s = Spool(str(db), boot="boot-1")
+        assert s.try_lock()
+        s.unlock()
+    finally:
+        os.umask(old)
+    assert os.stat(s.dir).st_mode & 0o777 == spool_mode
