@@ -18,26 +18,34 @@ def _open_image(tmp_path, data: bytes) -> apsw.Connection:
     return apsw.Connection(f"file:{copy}?immutable=1", flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
 
 
-def test_image_is_the_database_as_of_mxframe(app_db, tmp_path):
-    """Pages from the WAL overlay the file; commits after R's snapshot are not in the image."""
+@pytest.fixture
+def thirty_rows(app_db):
+    """A tail on the application's database after 30 rows of ~3000 bytes, and the header
+    of R's view after a fenced mark move: (app, live, hdr)."""
     path, app = app_db
     live = LiveTail(path).start()
     try:
         for i in range(30):
             app.execute("INSERT INTO t(v) VALUES (?)", (bytes([i]) * 3000,))
         hdr, _, _ = move_mark(live.handles, live.spooler, fenced=True)
-        app.execute("INSERT INTO t(v) VALUES (x'99')")  # after R's snapshot: not in the image
-        n_pages, chunks = read_image(live.handles, hdr)
-        data = b"".join(chunk for _, chunk in chunks)
-        assert len(data) == n_pages * live.handles.page_size
-        conn = _open_image(tmp_path, data)
-        try:
-            assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-            assert conn.execute("SELECT count(*) FROM t").fetchall() == [(30,)]
-        finally:
-            conn.close()
+        yield app, live, hdr
     finally:
         live.close()
+
+
+def test_image_is_the_database_as_of_mxframe(thirty_rows, tmp_path):
+    """Pages from the WAL overlay the file; commits after R's snapshot are not in the image."""
+    app, live, hdr = thirty_rows
+    app.execute("INSERT INTO t(v) VALUES (x'99')")  # after R's snapshot: not in the image
+    n_pages, chunks = read_image(live.handles, hdr)
+    data = b"".join(chunk for _, chunk in chunks)
+    assert len(data) == n_pages * live.handles.page_size
+    conn = _open_image(tmp_path, data)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert conn.execute("SELECT count(*) FROM t").fetchall() == [(30,)]
+    finally:
+        conn.close()
 
 
 def test_image_chunks_read_the_file_and_overlay_the_wal_across_chunk_boundaries(app_db, tmp_path, monkeypatch):
@@ -83,24 +91,17 @@ def _checksum_of_view(live, hdr) -> DbChecksum:
     return checksum
 
 
-def test_image_matches_only_the_database_it_describes(app_db):
-    path, app = app_db
-    live = LiveTail(path).start()
-    try:
-        for i in range(30):
-            app.execute("INSERT INTO t(v) VALUES (?)", (bytes([i]) * 3000,))
-        hdr, _, _ = move_mark(live.handles, live.spooler, fenced=True)
-        saved = _checksum_of_view(live, hdr)
-        assert image_matches(live.handles, hdr, saved)
-        app.execute("UPDATE t SET v = x'00' WHERE id = 30")  # one page changes, the count stays
-        hdr, _, _ = move_mark(live.handles, live.spooler, fenced=True)
-        assert not image_matches(live.handles, hdr, saved)
-        for _ in range(4):
-            app.execute("INSERT INTO t(v) VALUES (?)", (b"x" * 3000,))
-        hdr, _, _ = move_mark(live.handles, live.spooler, fenced=True)
-        grown = _checksum_of_view(live, hdr)
-        assert grown.n_pages > saved.n_pages
-        assert not image_matches(live.handles, hdr, saved)  # another page count
-        assert image_matches(live.handles, hdr, grown)
-    finally:
-        live.close()
+def test_image_matches_only_the_database_it_describes(thirty_rows):
+    app, live, hdr = thirty_rows
+    saved = _checksum_of_view(live, hdr)
+    assert image_matches(live.handles, hdr, saved)
+    app.execute("UPDATE t SET v = x'00' WHERE id = 30")  # one page changes, the count stays
+    hdr, _, _ = move_mark(live.handles, live.spooler, fenced=True)
+    assert not image_matches(live.handles, hdr, saved)
+    for _ in range(4):
+        app.execute("INSERT INTO t(v) VALUES (?)", (b"x" * 3000,))
+    hdr, _, _ = move_mark(live.handles, live.spooler, fenced=True)
+    grown = _checksum_of_view(live, hdr)
+    assert grown.n_pages > saved.n_pages
+    assert not image_matches(live.handles, hdr, saved)  # another page count
+    assert image_matches(live.handles, hdr, grown)
