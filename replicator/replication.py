@@ -251,6 +251,9 @@ class DbReplicator:
             self.spool.sync_everything()  # the previous run's objects: their syncs are unknown
             self.spool.save_base(state)  # this run's log starts from a durable state
         resumed, proof = False, ""
+        # Outside the fence: it lists the spool and reads what the replicas know, none of
+        # which the WAL changes, and the fence holds the application's writes.
+        next_txid = self._next_txid(state)
         with self.spooler.lock, self.handles.fence():
             self.handles.begin_read()
             hdr = self.handles.index_header()
@@ -261,8 +264,7 @@ class DbReplicator:
                     self.spooler.copy_locked()
                     self.spooler.sync()
             else:
-                txid = self._next_txid(state)
-                self.tail.start(hdr, txid, checksum=None)  # type: ignore[arg-type]
+                self.tail.start(hdr, next_txid, checksum=None)  # type: ignore[arg-type]
         if not resumed and state is not None and hdr.mx_frame == 0 and image_matches(
                 self.handles, hdr, state.checksum):
             # The WAL is empty and new (deleted by the last connection's close, typically
