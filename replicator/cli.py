@@ -237,7 +237,7 @@ def snapshot(db: str, urls: tuple[str, ...], name: str | None, keep_for: str | N
 
     The replicas come from the config, or from URLS given after DB.
     """
-    from .snapshot_cmd import take_snapshot
+    from .daemon_ops import take_snapshot
 
     if name is not None and not layout.SNAPSHOT_NAME.match(name):
         raise ConfigError(f"invalid snapshot name {name!r} (letters, digits, . _ - ; up to 64)")
@@ -351,6 +351,62 @@ def compact(config_path: str, once: bool, dry_run: bool) -> None:
         ok = Scheduler(jobs).run(stop, once=once, dry_run=dry_run, emit=click.echo)
     if not ok:
         raise ReplicatorError("a compaction pass failed (see the log above)")
+
+
+def _dbs_of(dbs: tuple[str, ...], config_path: str | None) -> list[DbConfig]:
+    """The databases a status/sync names (all of the config's when none is named)."""
+    cfg = _load_config(config_path or (None if dbs else config_mod.DEFAULT_CONFIG_PATH), required=not dbs)
+    if not dbs:
+        assert cfg is not None
+        return list(cfg.dbs)
+    return [_find_db(cfg, d) or DbConfig(path=str(Path(d).resolve()), replicas=()) for d in dbs]
+
+
+@cli.command()
+@click.argument("dbs", nargs=-1)
+@click.option("-c", "--config", "config_path", help="Config file (default: /etc/replicator.yml when no DB is named).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document: a list, an entry per database.")
+@handle_errors
+def status(dbs: tuple[str, ...], config_path: str | None, as_json: bool) -> None:
+    """Per database and replica: position, lag, last upload, last snapshot, backlog and last
+    error; from the running replicator, or from the spool and the replicas when none runs."""
+    from .daemon_ops import status as db_status
+    from .status_format import format_status
+
+    report = [db_status(db) for db in _dbs_of(dbs, config_path)]
+    if as_json:
+        import json
+
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo(format_status(report))
+
+
+@cli.command()
+@click.argument("dbs", nargs=-1)
+@click.option("-c", "--config", "config_path", help="Config file (default: /etc/replicator.yml when no DB is named).")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="Return once every replica holds what was committed (else once it is spooled).")
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait.")
+@handle_errors
+def sync(dbs: tuple[str, ...], config_path: str | None, wait: bool, timeout: float) -> None:
+    """Ship everything committed so far (before a deploy or a migration)."""
+    from .daemon_ops import sync as db_sync
+
+    lagging = []
+    for db in _dbs_of(dbs, config_path):
+        answer = db_sync(db, wait, timeout)
+        held = [name for name, ok in answer["replicas"].items() if ok]
+        behind = [name for name, ok in answer["replicas"].items() if not ok]
+        click.echo(f"{db.path}: txid {answer['txid']} on {len(held)}/{len(answer['replicas'])} replica(s)"
+                   + (f"; behind: {', '.join(behind)}" if behind else ""))
+        for name, err in answer.get("errors", {}).items():
+            click.echo(f"  {name}: {err}")
+        if behind and wait:
+            lagging.append(db.path)
+    if lagging:
+        raise ReplicatorError(f"not every replica holds what was committed within {timeout:g}s: "
+                              f"{', '.join(lagging)}")
 
 
 @cli.command()

@@ -137,6 +137,25 @@ class Shipper:
                 return info.key in self.snapshots
             return self.segments_upto.get(info.generation, -1) >= info.last_txid
 
+    def holds(self, generation: str, txid: int) -> bool:
+        """The replica has every transaction of `generation` up to `txid` (a sync's target)."""
+        with self.lock:
+            if generation in self.refused:
+                return False
+            return (self.segments_upto.get(generation, -1) >= txid
+                    or any(t >= txid and _generation_of(k) == generation for k, t in self.snapshots.items()))
+
+    def hurry(self) -> None:
+        """Ship now: past the sync interval and any backoff (one immediate attempt)."""
+        self.wake.set()
+        self._hurry.set()
+
+    def status_dict(self) -> dict:
+        return {"name": self.cfg.name, "url": self.cfg.url, "generation": self.shipped_generation,
+                "txid": self.shipped_txid or None,
+                "last_upload_ms": int(self.last_upload_at * 1000) if self.last_upload_at else None,
+                "error": self.last_error, "error_kind": self.last_error_kind}
+
     def _mark(self, info: SnapshotInfo | SegmentInfo) -> None:
         with self.lock:
             if isinstance(info, SnapshotInfo):
@@ -375,6 +394,11 @@ def _error_kind(err: Exception) -> str:
     if isinstance(err, StorageError):
         return "permanent"
     return "internal"
+
+
+def _generation_of(key: str) -> str | None:
+    info = layout.parse_key(key)
+    return info.generation if info is not None else None
 
 
 def _order(info: SnapshotInfo | SegmentInfo) -> tuple[str, int, int]:

@@ -9,15 +9,17 @@ policy.py the decisions, replica.py each replica. This module only sequences the
 from __future__ import annotations
 
 import logging
-import os
+import queue
 import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from . import layout, lease, policy
 from .checkpointer import Checkpointer, backfill_tail, move_mark
 from .config import DbConfig
+from .control import ControlServer
 from .errors import ReplicatorError, SourceError, SpoolError
 from .handles import DbHandles
 from .image import image_matches
@@ -74,7 +76,11 @@ class DbReplicator:
         self._locked = False  # we hold the spool's flock
         self._open = False  # handles open and the tail taken up
         self._logged_at = -1e18
-        self._requests_seen = -1  # mtime of the requests directory when last looked into
+        # Work the control socket hands to the worker thread (it owns R): (fn, its Future)
+        self._requests: queue.SimpleQueue[tuple[Callable[[], Any], Future]] = queue.SimpleQueue()
+        self.control = ControlServer(self.spool.dir, {"status": self._control_status,
+                                                       "snapshot": self._control_snapshot,
+                                                       "sync": self._control_sync})
         self._snapshot_not_before = 0.0  # a snapshot that failed is retried after a backoff
         self._snapshot_delay = SNAPSHOT_RETRY_S[0]
 
@@ -109,6 +115,7 @@ class DbReplicator:
                     raise ReplicatorError(f"{self.cfg.path} is already being replicated by another process",
                                           f"see {self.spool.dir / 'lock'}")
                 self._locked = True
+                self.control.start()
                 owner = lease.instance_owner(self.spool.dir)
                 for shipper in self.shippers:  # each recovers (lease, one LIST) on its own thread
                     shipper.owner = owner
@@ -124,6 +131,7 @@ class DbReplicator:
         except BaseException:
             self._close_tail()
             if self._locked and self._thread is None:  # a failed first open gives everything back
+                self.control.stop()
                 for shipper in self.shippers:
                     shipper.stop(0)
                 self.spool.unlock()
@@ -140,6 +148,8 @@ class DbReplicator:
         """Wait for the final copy and for every replica to drain; True if all shipped."""
         if self._thread:
             self._thread.join()
+        self.control.stop()
+        self._fail_requests()
         drained = all([s.stop(DRAIN_TIMEOUT_S) for s in self.shippers])
         self._close_tail()
         if self._locked:
@@ -423,32 +433,90 @@ class DbReplicator:
         times = [t for s in self.shippers for g, t in s.snapshot_times.items() if g == self.generation]
         return max(times) if times else self.tail.now()
 
+    # -- the control socket (control.py) ------------------------------------------------
+
+    def submit(self, fn: Callable[[], Any]) -> Future:
+        """Run fn on the worker thread at its next wake-up (now: it is woken)."""
+        fut: Future = Future()
+        self._requests.put((fn, fut))
+        self.wake.set()
+        return fut
+
     def _serve_requests(self) -> None:
-        # A stat per wake-up, not a directory listing: requests are rare, wake-ups are not.
-        try:
-            changed = os.stat(self.spool.requests_dir).st_mtime_ns
-        except FileNotFoundError:
-            return
-        if changed == self._requests_seen:
-            return
-        self._requests_seen = changed
-        for req in sorted(self.spool.requests_dir.glob("*.req")):
-            name, keep_for_s = _read_request(req)
+        while True:
             try:
-                txid = self.snapshot_now(name, keep_for_s)
-                req.with_suffix(".done").write_text(str(txid))
-            except ReplicatorError as err:
-                req.with_suffix(".failed").write_text(str(err))
-            req.unlink(missing_ok=True)
+                fn, fut = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            if not fut.set_running_or_notify_cancel():
+                continue  # its client gave up: a snapshot nobody waits for is not taken late
+            try:
+                fut.set_result(fn())
+            except BaseException as err:  # noqa: BLE001 - the client gets it; the worker goes on
+                fut.set_exception(err)
+                if not isinstance(err, ReplicatorError):
+                    raise
 
+    def _fail_requests(self) -> None:
+        while True:
+            try:
+                _, fut = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            if fut.set_running_or_notify_cancel():
+                fut.set_exception(ReplicatorError("the replicator is stopping"))
 
-def _read_request(req: Path) -> tuple[str | None, float | None]:
-    """A snapshot request file: {"name": ..., "keep_for_s": ...} (older: the name alone)."""
-    import json
+    def _await(self, fut: Future, timeout_s: float, what: str) -> Any:
+        try:
+            return fut.result(timeout=timeout_s)
+        except TimeoutError:
+            fut.cancel()
+            why = f" ({self.error})" if self.error is not None else ""
+            raise ReplicatorError(f"the running replicator did not {what} within {timeout_s:g}s{why}") from None
 
-    text = req.read_text().strip()
-    try:
-        data = json.loads(text) if text.startswith("{") else {"name": text or None}
-        return data.get("name") or None, data.get("keep_for_s")
-    except (ValueError, AttributeError):
-        return text or None, None
+    def _control_status(self, req: dict) -> dict:
+        return self.status_dict()
+
+    def _control_snapshot(self, req: dict) -> dict:
+        name, keep_for_s = req.get("name"), req.get("keep_for_s")
+        if name is not None and not (isinstance(name, str) and layout.SNAPSHOT_NAME.match(name)):
+            raise ReplicatorError(f"invalid snapshot name {name!r}")
+        if keep_for_s is not None and not isinstance(keep_for_s, (int, float)):
+            raise ReplicatorError("keep_for_s: not a number")
+        fut = self.submit(lambda: self.snapshot_now(name, keep_for_s))
+        return {"txid": self._await(fut, float(req.get("timeout_s", 600)), "take the snapshot")}
+
+    def _control_sync(self, req: dict) -> dict:
+        """Everything committed before the request, spooled, then on every replica (with
+        wait) or at least spooled durably (without)."""
+        timeout_s = float(req.get("timeout_s", 60))
+        deadline = time.monotonic() + timeout_s
+        generation, txid = self._await(self.submit(self.sync_point), timeout_s, "copy the WAL")
+        behind = self._not_holding(generation, txid)
+        while req.get("wait") and behind and time.monotonic() < deadline:
+            for s in behind:
+                s.hurry()
+            self.stopping.wait(0.01)
+            behind = self._not_holding(generation, txid)
+        return {"generation": generation, "txid": txid,
+                "replicas": {s.cfg.name: s not in behind for s in self.shippers},
+                "errors": {s.cfg.name: s.last_error for s in behind if s.last_error}}
+
+    def sync_point(self) -> tuple[str, int]:
+        self.spooler.copy(force=True)
+        self.spooler.sync()
+        assert self.tail.pos is not None
+        return self.generation, self.tail.pos.txid
+
+    def _not_holding(self, generation: str, txid: int) -> list[Shipper]:
+        return [s for s in self.shippers if not s.holds(generation, txid)]
+
+    def status_dict(self) -> dict:
+        pos = self.tail.pos if self._open else None
+        return {
+            "path": self.cfg.path, "generation": self.generation if self._open else None,
+            "txid": pos.txid if pos is not None else None,
+            "last_snapshot_ms": self.last_snapshot_ns // 1_000_000 or None,
+            "error": str(self.error) if self.error is not None else None,
+            "replicas": [s.status_dict() for s in self.shippers],
+        }

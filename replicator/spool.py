@@ -85,7 +85,6 @@ class Spool:
         self.objects = IndexedObjects(FileStorage(self.dir / "objects", url=f"spool:{self.dir}",
                                                   durable=False))
         self.state_dir = self.dir / "state"
-        self.requests_dir = self.dir / "requests"
         self.boot = boot_id() if boot is None else boot
         self._lock_fd = -1
         self._log_fd = -1
@@ -111,10 +110,10 @@ class Spool:
         (not SQLite, unreadable) leaves nothing behind.
         """
         try:
-            for d in (self.dir, self.state_dir, self.requests_dir, self.dir / "objects"):
+            for d in (self.dir, self.state_dir, self.dir / "objects"):
                 d.mkdir(parents=True, exist_ok=True)
             os.chmod(self.dir, spool_mode(self.db_path))
-            fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         except OSError as err:
             raise SpoolError(f"cannot create the spool {self.dir}: {err.strerror}") from None
         try:
@@ -126,6 +125,20 @@ class Spool:
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
         return True
+
+    def locked_elsewhere(self) -> bool:
+        """Another process holds the spool's flock (a replicator runs for this database)."""
+        try:
+            fd = os.open(self.dir / "lock", os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
 
     def unlock(self) -> None:
         if self._lock_fd >= 0:
@@ -267,6 +280,16 @@ class Spool:
         if state is not None and not same_boot:  # in the same boot the page cache kept every file
             self._materialize(embedded)
         return state
+
+    def peek_state(self) -> TailState | None:
+        """What a restart would trust, read only (for `status` while no replicator runs)."""
+        try:
+            base, log = self._read()
+        except OSError:
+            return None
+        if _base_meta(base) is None:
+            return None
+        return _replay(base, log, "markers", [])
 
     def _materialize(self, embedded: list[tuple[str, memoryview]]) -> None:
         """Objects carried in trusted log records whose files did not survive (an OS crash

@@ -374,7 +374,7 @@ def test_compact_dry_run_prints_the_plan_and_changes_nothing(populated, tmp_path
 def test_snapshot_keep_for_and_deleting_a_name(tmp_path):
     """--keep-for goes into the name (retention reads it from the listing); --delete takes
     the name off (a checked unnamed copy stays, so what it restores stays restorable)."""
-    from replicator.snapshot_cmd import take_snapshot
+    from replicator.daemon_ops import take_snapshot
 
     db, replica = tmp_path / "app.db", tmp_path / "replica"
     conn = apsw.Connection(str(db))

@@ -20,7 +20,7 @@ from replicator.tail import ContinuityLost
 from replicator.demo import content_hash
 from replicator.plan import Target
 from replicator.restore import restore
-from replicator.snapshot_cmd import take_snapshot
+from replicator.daemon_ops import take_snapshot
 from replicator.storage import Transient, open_storage
 from replicator.storage.file import FileStorage
 
@@ -440,17 +440,16 @@ def test_a_snapshot_request_is_served_at_once_when_checkpoints_are_always_due(en
                                 min_checkpoint_page_count=10))
     rep.open()
     try:
-        req = rep.spool.requests_dir / "1-abc.req"
-        req.write_text("before-migration")
+        fut = rep.submit(lambda: rep.snapshot_now("before-migration"))
         served = None
         for i in range(8):
             _write(conn, 30, i * 30)  # a checkpoint is due at every wake-up
             rep.step()
             rep.checkpointer.join()
-            if req.with_suffix(".done").exists():
+            if fut.done():
                 served = i
                 break
-        assert served == 0
+        assert served == 0 and fut.result() > 0
     finally:
         rep.stop()
         assert rep.join()
