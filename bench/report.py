@@ -327,6 +327,13 @@ def _restore(rst: dict, s, requests_measured: bool = False) -> list[str]:
     if passes:
         out += ["", "The compaction pass at each point (on a hard-linked copy of the replica, so that later points "
                 "still measure the replicator alone): " + "; ".join(passes)]
+    pits = [(p["factor"], q) for p in rst["points"] if p.get("compacted") for q in p["compacted"].get("points", [])]
+    if pits:
+        out += ["", "In-window points on the compacted replica (cold, `--timestamp` a millisecond before a snapshot: "
+                "the longest replays of the window), against the latest restore of the same replica:", ""]
+        out += _table(["history", "replays (MiB)", "cold s", "x the latest", "verified"],
+                      [[f"{f:g}x", f"{q['replay_bytes'] / 2**20:.0f}", f"{q['cold']:.2f}",
+                        _f(q["vs_latest"], "{:.2f}"), "ok" if q["ok"] else "**FAILED**"] for f, q in pits])
     out += ["", "Full images in the replica at each point (replicator: snapshots; Litestream: level-9 files): " + "; ".join(
         f"{p['factor']:g}x: R {p['tools'].get(R, {}).get('replica_snapshots', '-')}, "
         f"L {p['tools'].get(L, {}).get('replica_snapshots', '-')}" for p in rst["points"])]
