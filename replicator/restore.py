@@ -12,8 +12,8 @@ import concurrent.futures as cf
 import dataclasses
 import logging
 import os
+import secrets
 import time
-import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -32,6 +32,11 @@ from .storage.file import fsync_dir
 log = logging.getLogger(__name__)
 
 DEFAULT_PARALLELISM = 8  # concurrent segment downloads; decoding releases the GIL in zstd
+# A restored file's pages all come from objects read: beyond this many pages no object wrote
+# (zeros: a commit shrank the file, a later one regrew it), a claimed database size is a
+# hostile or broken replica's, refused before the file is extended to it or hashed.
+MAX_HOLE_PAGES = 1024
+NEW_FILE_MODE = 0o600  # a restore holds a whole database: owner-only unless it replaces one
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,14 +54,18 @@ class RestoreResult:
 
 def restore(storage: Storage, output: str | os.PathLike, target: Target = Target(), *,
             force: bool = False, parallelism: int = DEFAULT_PARALLELISM, verify: bool = True,
-            now_ns: Callable[[], int] = time.time_ns) -> RestoreResult:
+            now_ns: Callable[[], int] = time.time_ns, mode: int | None = None) -> RestoreResult:
+    """`mode`: the restored file's permission bits (default: those of the file it replaces,
+    else NEW_FILE_MODE: a copy of a 0600 database must not appear world-readable)."""
     started = time.monotonic()
     out = Path(output)
     if out.exists() and not force:
         raise OutputExists(f"output file {out} already exists", "use --force to overwrite it")
     if not out.parent.is_dir():
         raise RestoreError(f"output directory {out.parent} does not exist")
-    tmp = out.with_name(f".{out.name}.restoring-{uuid.uuid4().hex[:8]}")
+    if mode is None:
+        mode = (out.stat().st_mode & 0o7777) if out.exists() else NEW_FILE_MODE
+    tmp = out.with_name(f".{out.name}.restoring-{secrets.token_hex(8)}")
     try:
         for attempt in (1, 2):
             listing = layout.parse_listing(storage.list(layout.GENERATIONS))
@@ -76,6 +85,7 @@ def restore(storage: Storage, output: str | os.PathLike, target: Target = Target
             if verify:
                 _integrity_check(tmp)
             synced.result()
+        os.chmod(tmp, mode)
         if force:
             for suffix in ("-wal", "-shm", "-journal"):  # a stale WAL would be replayed onto it
                 Path(str(out) + suffix).unlink(missing_ok=True)
@@ -89,12 +99,17 @@ def restore(storage: Storage, output: str | os.PathLike, target: Target = Target
 
 
 def _segments_newest_first(storage: Storage, segments: tuple[SegmentInfo, ...],
-                           parallelism: int) -> Iterator[tuple[SegmentInfo, list[Transaction]]]:
-    """Download and decode in parallel, yielding in reverse order with a bounded window."""
+                           parallelism: int) -> Iterator[tuple[SegmentInfo, int, list[Transaction]]]:
+    """Download and decode in parallel, yielding (info, page size, transactions) in reverse
+    order with a bounded window."""
 
-    def fetch(info: SegmentInfo) -> list[Transaction]:
+    def fetch(info: SegmentInfo) -> tuple[int, list[Transaction]]:
         data = storage.get(info.key)
-        return decode_segment(data, info.key)[1]
+        header, txs = decode_segment(data, info.key)
+        if header.generation != info.generation or (header.first_txid, header.last_txid) != (
+                info.first_txid, info.last_txid):
+            raise CorruptObject(info.key, "its header names another object (generation or txids)")
+        return header.page_size, txs
 
     order = list(reversed(segments))
     with cf.ThreadPoolExecutor(max(1, parallelism)) as pool:
@@ -104,16 +119,19 @@ def _segments_newest_first(storage: Storage, segments: tuple[SegmentInfo, ...],
             while nxt < len(order) and len(window) < parallelism * 2:
                 window.append(pool.submit(fetch, order[nxt]))
                 nxt += 1
-            yield order[i], window.pop(0).result()
+            yield (order[i], *window.pop(0).result())
 
 
 class _Output:
-    """The restored file: pages are written once each, and hashed as they are written."""
+    """The restored file: pages are written once each, and hashed as they are written.
+
+    `written` holds the page numbers written: a set, not a bitmap sized by a claimed database
+    size, so memory follows the pages actually read, whatever a header claims."""
 
     def __init__(self, fd: int):
         self.fd = fd
         self.checksum = 0
-        self.written = bytearray()
+        self.written: set[int] = set()
 
     def write(self, first: int, pages: memoryview | bytes, ps: int) -> None:
         os.pwrite(self.fd, pages, (first - 1) * ps)
@@ -122,14 +140,19 @@ class _Output:
         for i in range(len(mv) // ps):
             value ^= page_hash(first + i, mv[i * ps:(i + 1) * ps])
         self.checksum = value
-        self.written[first:first + len(mv) // ps] = b"\x01" * (len(mv) // ps)
+        self.written.update(range(first, first + len(mv) // ps))
 
-    def holes_checksum(self, db_size: int, ps: int) -> int:
+    def holes_checksum(self, db_size: int, ps: int, key: str) -> int:
         """Pages no object wrote (a commit shrank then regrew the file) read back as zeros."""
-        zero, value, pgno = bytes(ps), 0, self.written.find(0, 1, db_size + 1)
-        while pgno != -1:
-            value ^= page_hash(pgno, zero)
-            pgno = self.written.find(0, pgno + 1, db_size + 1)
+        holes = db_size - len(self.written)
+        if holes > MAX_HOLE_PAGES:
+            raise CorruptObject(key, f"claims a database of {db_size} pages, but its objects hold only "
+                                f"{len(self.written)} of them")
+        zero, value = bytes(ps), 0
+        if holes > 0:
+            for pgno in range(1, db_size + 1):
+                if pgno not in self.written:
+                    value ^= page_hash(pgno, zero)
         return value
 
 
@@ -146,12 +169,16 @@ def build_image(storage: Storage, plan: Plan, path: Path, parallelism: int = DEF
 
 def _apply(storage: Storage, plan: Plan, tmp: Path, parallelism: int) -> tuple[int, int, int, int, int]:
     snap = plan.snapshot
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     out = _Output(fd)
     try:
         final: Transaction | None = None
         cut = 0  # smallest db size from here to the target: older pages past it are dead
-        for info, txs in _segments_newest_first(storage, plan.segments, parallelism):
+        seg_ps = None
+        for info, page_size, txs in _segments_newest_first(storage, plan.segments, parallelism):
+            if seg_ps is not None and page_size != seg_ps:
+                raise CorruptObject(info.key, f"page size {page_size} where the others have {seg_ps}")
+            seg_ps = page_size
             for tx in reversed(txs):
                 if tx.txid <= snap.txid or (plan.stop_txid is not None and tx.txid > plan.stop_txid):
                     continue
@@ -159,18 +186,23 @@ def _apply(storage: Storage, plan: Plan, tmp: Path, parallelism: int) -> tuple[i
                     continue
                 if final is None:
                     final, cut = tx, tx.db_size
-                    out.written = bytearray(tx.db_size + 1)
+                    _check_room(tmp, tx.db_size * page_size, info.key)
                 cut = min(cut, tx.db_size)
+                written = out.written
                 for pgno, page in tx.pages:
-                    if pgno <= cut and not out.written[pgno]:
+                    if pgno <= cut and pgno not in written:
                         out.write(pgno, page, len(page))
         with storage.open(snap.key) as f:
             size = storage.stat(snap.key).size
             reader = SnapshotReader(f, snap.key, size)
             ps = reader.header.page_size
+            if seg_ps is not None and seg_ps != ps:
+                raise CorruptObject(snap.key, f"page size {ps} where its segments have {seg_ps}")
+            if reader.header.generation != snap.generation or reader.header.first_txid != snap.txid:
+                raise CorruptObject(snap.key, "its header names another object (generation or txid)")
             if final is None:
                 cut = reader.header.db_size
-                out.written = bytearray(cut + 1)
+                _check_room(tmp, cut * ps, snap.key)
             for first, run in prefetch(reader.pages(), name="snapshot-reader"):
                 _write_unwritten(out, first, run, ps, cut)
             trailer = reader.verify()
@@ -180,8 +212,9 @@ def _apply(storage: Storage, plan: Plan, tmp: Path, parallelism: int) -> tuple[i
             txid, time_ns, db_size, checksum = final.txid, final.time_ns, final.db_size, final.db_checksum
         if plan.expected_txid is not None and plan.stop_time_ns is None and txid != plan.expected_txid:
             raise RestoreError(f"replica promised txid {plan.expected_txid} but holds only up to {txid}")
+        holes = out.holes_checksum(db_size, ps, plan.snapshot.key)  # refuses a size nothing backs
         os.ftruncate(fd, db_size * ps)
-        actual = out.checksum ^ out.holes_checksum(db_size, ps)
+        actual = out.checksum ^ holes
         if actual != checksum:
             raise CorruptObject(plan.snapshot.key, f"restored database checksum {actual:016x} != recorded "
                                 f"{checksum:016x} at txid {txid}")
@@ -194,6 +227,17 @@ def _apply(storage: Storage, plan: Plan, tmp: Path, parallelism: int) -> tuple[i
         os.close(fd)
 
 
+def _check_room(path: Path, size: int, key: str) -> None:
+    """Refuse, before the first page is written, a database that cannot fit: an honest one
+    would fail half-way with the disk full, and a hostile header claiming 2^32 pages would
+    fill it."""
+    st = os.statvfs(path.parent)
+    free = st.f_bavail * st.f_frsize
+    if size > free:
+        raise RestoreError(f"the restored database would be {size / 2**30:.1f} GiB ({key} says so) but "
+                           f"{path.parent} has {free / 2**30:.1f} GiB free")
+
+
 def _write_unwritten(out: _Output, first: int, run: memoryview, ps: int, cut: int) -> None:
     """Write the pages of a snapshot run that no segment wrote, coalescing adjacent ones."""
     n = len(run) // ps
@@ -203,11 +247,11 @@ def _write_unwritten(out: _Output, first: int, run: memoryview, ps: int, cut: in
         pgno = first + i
         if pgno > cut:
             return
-        if written[pgno]:
+        if pgno in written:
             i += 1
             continue
         j = i
-        while j < n and first + j <= cut and not written[first + j]:
+        while j < n and first + j <= cut and first + j not in written:
             j += 1
         out.write(pgno, run[i * ps:j * ps], ps)
         i = j
@@ -226,6 +270,10 @@ def _integrity_check(path: Path) -> None:
     try:
         conn = apsw.Connection(f"file:{path}?immutable=1", flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
         try:
+            # The file came from a replica someone else may write to: its schema must not
+            # run functions or virtual tables of ours, nor write through shadow tables.
+            conn.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, 1)
+            conn.config(apsw.SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0)
             rows = conn.execute("PRAGMA integrity_check").fetchall()
         finally:
             conn.close()

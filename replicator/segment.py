@@ -52,6 +52,13 @@ REC = struct.Struct("<QQIQI")
 PAGE_NO = struct.Struct("<I")
 HEADER_SIZE = _HDR.size + _HDR_CRC.size
 TRAILER_SIZE = _TRAILER.size
+# A hostile replica controls every byte restore reads (its hashes too: they catch accidents,
+# not an attacker), so sizes are checked before anything is allocated from them.
+PAGE_SIZES = frozenset(1 << n for n in range(9, 17))  # SQLite's: 512 .. 65536
+# A segment body decompresses to at most this much: every frame the encoder writes holds at
+# most SEGMENT_FRAME_BYTES, and a merged object (<= 64 MiB compressed) of pages that compress
+# 10x stays below it; a zstd bomb is cut off here instead of filling memory.
+MAX_SEGMENT_RECORDS_BYTES = 1 << 30
 
 
 class Transaction(NamedTuple):
@@ -103,7 +110,15 @@ def parse_header(data: bytes, key: str = "<object>", magic: bytes | None = None)
         raise CorruptObject(key, "header checksum mismatch")
     if version != FORMAT_VERSION:
         raise CorruptObject(key, f"unsupported format version {version}")
-    return Header(m, page_size, gen[:gen_len].decode(), a, b, c, d, db_size)
+    if page_size not in PAGE_SIZES:
+        raise CorruptObject(key, f"invalid page size {page_size}")
+    if gen_len > 32 or a > b or c > d:
+        raise CorruptObject(key, "invalid header (generation name, txid or time range)")
+    try:
+        generation = gen[:gen_len].decode("ascii")
+    except UnicodeDecodeError:
+        raise CorruptObject(key, "invalid generation name in the header") from None
+    return Header(m, page_size, generation, a, b, c, d, db_size)
 
 
 def parse_trailer(data: bytes, key: str = "<object>") -> Trailer:
@@ -170,10 +185,21 @@ def _check_body(data: bytes, key: str, header_size: int = HEADER_SIZE) -> tuple[
     return body, trailer
 
 
-def _decompress(body: memoryview, key: str) -> bytes:
+def _decompress(body: memoryview, key: str, limit: int = MAX_SEGMENT_RECORDS_BYTES) -> bytes:
+    """The whole body, refusing to grow past `limit` (read in bounded steps, so a bomb costs
+    at most `limit` of memory before it is refused)."""
     try:
         reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body), read_across_frames=True)
-        return reader.read()
+        parts, total = [], 0
+        while True:
+            part = reader.read(SEGMENT_FRAME_BYTES)
+            if not part:
+                break
+            total += len(part)
+            if total > limit:
+                raise CorruptObject(key, f"body decompresses to more than {limit >> 20} MiB")
+            parts.append(part)
+        return b"".join(parts)
     except zstandard.ZstdError as err:
         raise CorruptObject(key, f"zstd: {err}") from None
 
@@ -190,13 +216,19 @@ def decode_segment(data: bytes, key: str = "<segment>") -> tuple[Header, list[Tr
         while pos < len(raw):
             txid, time_ns, db_size, db_ck, n = REC.unpack_from(raw, pos)
             pos += REC.size
+            if n * (4 + ps) > len(raw) - pos:
+                raise struct.error("record past end of body")
+            if txs and txid != txs[-1].txid + 1:
+                raise CorruptObject(key, f"txid {txid} does not follow {txs[-1].txid}")
+            if db_size < 1:
+                raise CorruptObject(key, f"txid {txid}: database size of {db_size} pages")
             pages = []
             for _ in range(n):
                 (pgno,) = PAGE_NO.unpack_from(raw, pos)
+                if pgno < 1:
+                    raise CorruptObject(key, f"txid {txid}: page number 0")
                 pages.append((pgno, mv[pos + 4:pos + 4 + ps]))
                 pos += 4 + ps
-            if pos > len(raw):
-                raise struct.error("record past end of body")
             txs.append(Transaction(txid, time_ns, db_size, db_ck, pages))
     except struct.error as err:
         raise CorruptObject(key, f"malformed record: {err}") from None
@@ -390,40 +422,44 @@ class SnapshotReader:
         self._body_len = self._remaining
         self._tail = b""
 
-    def _compressed_chunks(self) -> Iterator[bytes]:
-        while self._remaining > 0:
-            chunk = self._f.read(min(SNAPSHOT_CHUNK, self._remaining))
-            if not chunk:
-                raise CorruptObject(self.key, "truncated body")
-            self._remaining -= len(chunk)
-            self._hasher.update(chunk)
-            yield chunk
-        self._tail = self._f.read(TRAILER_SIZE + 1)
+    def read(self, n: int) -> bytes:
+        """The compressed body, hashed as zstd reads it (never past the body)."""
+        chunk = self._f.read(min(n, self._remaining))
+        if not chunk and self._remaining > 0:
+            raise CorruptObject(self.key, "truncated body")
+        self._remaining -= len(chunk)
+        self._hasher.update(chunk)
+        if self._remaining == 0 and not self._tail:
+            self._tail = self._f.read(TRAILER_SIZE + 1)
+        return chunk
 
     def pages(self) -> Iterator[tuple[int, memoryview]]:
-        """(first_pgno, run of whole pages) in order."""
+        """(first_pgno, run of whole pages) in order. Decompressed in steps of SNAPSHOT_FRAME
+        (a zstd bomb gets no further than the page count its header claims)."""
         ps = self.header.page_size
-        dobj = None  # the current frame's decompressor; a new one per frame
-        pending = b""
+        step = max(ps, SNAPSHOT_FRAME // ps * ps)
         pgno = 1
+        pending = b""
         try:
-            for chunk in self._compressed_chunks():
-                parts = [pending] if pending else []
-                while chunk:
-                    if dobj is None or dobj.eof:  # the next concatenated frame
-                        dobj = zstandard.ZstdDecompressor().decompressobj()
-                    parts.append(dobj.decompress(chunk))
-                    chunk = dobj.unused_data if dobj.eof else b""
-                out = parts[0] if len(parts) == 1 else b"".join(parts)
+            reader = zstandard.ZstdDecompressor().stream_reader(self, read_size=SNAPSHOT_CHUNK,
+                                                                 read_across_frames=True)
+            while True:
+                out = reader.read(step)
+                if not out:
+                    break
+                if pending:
+                    out, pending = pending + out, b""
                 usable = len(out) - len(out) % ps
+                if pgno - 1 + usable // ps > self.header.db_size:
+                    raise CorruptObject(self.key, f"holds more pages than its header's {self.header.db_size}")
                 if usable:
                     yield pgno, memoryview(out)[:usable]
                     pgno += usable // ps
                 pending = out[usable:]
         except zstandard.ZstdError as err:
             raise CorruptObject(self.key, f"zstd: {err}") from None
-        if dobj is not None and not dobj.eof:
-            raise CorruptObject(self.key, "body ends inside a zstd frame")
+        if self._remaining:
+            raise CorruptObject(self.key, "data after the last zstd frame")
         if pending:
             raise CorruptObject(self.key, "body ends inside a page")
         if pgno - 1 != self.header.db_size:

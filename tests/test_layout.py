@@ -137,3 +137,17 @@ def test_generation_with_segments_only():
     gen = listing.generations[0]
     assert gen.first_txid is None and gen.start_ms is None
     assert gen.last_txid == 3 and gen.end_ms == 7
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet="/._-0123456789abcdefTZxyz~", max_size=120), max_size=30))
+def test_a_hostile_listing_parses_into_known_kinds_or_unknown(keys):
+    """Names from a LIST are the attacker's too: each is a snapshot, segment or marker whose
+    fields parse, or goes to `unknown`; nothing raises."""
+    from replicator.storage import ObjectInfo
+
+    listing = layout.parse_listing(ObjectInfo(k, 0) for k in keys)
+    for g in listing.generations:
+        assert layout.is_generation(g.name)
+        for s in g.segments:
+            assert s.first_txid <= s.last_txid
