@@ -321,6 +321,13 @@ def _restore(rst: dict, s, requests_measured: bool = False) -> list[str]:
                          _f(l and l["cold"], "{:.2f}"), _f(l and l["warm"], "{:.2f}"),
                          _f(l and db / 1e6 / l["cold"], "{:.0f}"), _ratio(c["cold"], l and l["cold"]),
                          "ok" if c["cold_ok"] and c["warm_ok"] else "**MISMATCH**"])
+            v = c.get("converged")
+            if v:
+                rows.append([f"history {p['factor']:g}x, after {c['passes']} passes ({c['passes_s']:.1f} s)", "",
+                             _f(v["cold"], "{:.2f}"), _f(v["warm"], "{:.2f}"), _f(db / 1e6 / v["cold"], "{:.0f}"),
+                             _f(l and l["cold"], "{:.2f}"), _f(l and l["warm"], "{:.2f}"),
+                             _f(l and db / 1e6 / l["cold"], "{:.0f}"), _ratio(v["cold"], l and l["cold"]),
+                             "ok" if v["cold_ok"] and v["warm_ok"] else "**MISMATCH**"])
     out += _table(["state", "", "R cold s", "R warm s", "R cold MB/s", "L cold s", "L warm s", "L cold MB/s",
                    "ratio cold", "verified"], rows)
     passes = [f"{p['factor']:g}x: {p['compacted']['compact_summary']}" for p in rst["points"] if p.get("compacted")]
@@ -330,7 +337,8 @@ def _restore(rst: dict, s, requests_measured: bool = False) -> list[str]:
     pits = [(p["factor"], q) for p in rst["points"] if p.get("compacted") for q in p["compacted"].get("points", [])]
     if pits:
         out += ["", "In-window points on the compacted replica (cold, `--timestamp` a millisecond before a snapshot: "
-                "the longest replays of the window), against the latest restore of the same replica:", ""]
+                "the longest replays of the window), against the latest restore of the same replica, once the passes "
+                "have nothing left to build:", ""]
         out += _table(["history", "replays (MiB)", "cold s", "x the latest", "verified"],
                       [[f"{f:g}x", f"{q['replay_bytes'] / 2**20:.0f}", f"{q['cold']:.2f}",
                         _f(q["vs_latest"], "{:.2f}"), "ok" if q["ok"] else "**FAILED**"] for f, q in pits])
