@@ -8,6 +8,7 @@ reads raw dicts or the environment.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 from pathlib import Path
@@ -114,6 +115,7 @@ _UNSUPPORTED = {
     "validation-interval": _NOT_YET, "dir": _NOT_YET, "pattern": _NOT_YET, "recursive": _NOT_YET,
     "watch": _NOT_YET,
 }
+log = logging.getLogger(__name__)
 _ENV = re.compile(r"\$(\{(\w+)\}|(\w+))")
 
 
@@ -126,11 +128,27 @@ def load(path: str | os.PathLike, environ: dict[str, str] | None = None) -> Conf
     p = Path(path)
     try:
         text = p.read_text()
+        mode = p.stat().st_mode
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {p}", "pass -c PATH or create it") from None
     except OSError as err:
         raise ConfigError(f"cannot read config file {p}: {err.strerror}") from None
-    return parse(text, source=str(p), environ=os.environ if environ is None else environ)
+    cfg = parse(text, source=str(p), environ=os.environ if environ is None else environ)
+    if mode & 0o077 and holds_secrets(text):
+        log.warning("config file %s holds secrets and is readable by others (mode %04o): chmod 600 it, or "
+                    "take the secrets from the environment ($VAR)", p, mode & 0o7777)
+    return cfg
+
+
+# A key whose value is a secret written into the file itself (not a $VAR taken from the
+# environment), or an age identity pasted inline.
+_SECRET_LINE = re.compile(r"^\s*-?\s*(secret-access-key|sse-customer-key)\s*:\s*(?!\$)(?!['\"]?\s*$)\S",
+                          re.MULTILINE)
+
+
+def holds_secrets(text: str) -> bool:
+    """The config text itself holds a credential or key (before $VAR expansion)."""
+    return bool(_SECRET_LINE.search(text)) or "AGE-SECRET-KEY-" in text
 
 
 def parse(text: str, source: str = "<config>", environ: dict[str, str] | None = None) -> Config:

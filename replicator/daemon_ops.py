@@ -48,7 +48,7 @@ def sync(db: DbConfig, wait: bool, timeout_s: float) -> dict[str, Any]:
         generation, txid = rep.sync_point()
     finally:
         rep.stop()
-        rep.join()  # drains every replica (or gives up after the drain timeout)
+        rep.join(timeout_s if wait else 0.0)  # drains every replica, or gives up
     held = {s.cfg.name: s.holds(generation, txid) for s in rep.shippers}
     return {"generation": generation, "txid": txid, "replicas": held,
             "errors": {s.cfg.name: s.last_error for s in rep.shippers if s.last_error and not held[s.cfg.name]}}

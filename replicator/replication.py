@@ -144,13 +144,13 @@ class DbReplicator:
         self.stopping.set()
         self.wake.set()
 
-    def join(self) -> bool:
+    def join(self, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> bool:
         """Wait for the final copy and for every replica to drain; True if all shipped."""
         if self._thread:
             self._thread.join()
         self.control.stop()
         self._fail_requests()
-        drained = all([s.stop(DRAIN_TIMEOUT_S) for s in self.shippers])
+        drained = all([s.stop(drain_timeout_s) for s in self.shippers])
         self._close_tail()
         if self._locked:
             self.spool.unlock()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 
 import pytest
@@ -313,3 +314,27 @@ def test_a_secret_in_a_replica_url_is_never_echoed():
         replica_from_url("s3://AKIAEXAMPLE:very-secret-value@bucket/prefix")
     assert "very-secret-value" not in str(e.value) and "AKIAEXAMPLE" not in str(e.value)
     assert "s3://***@bucket/prefix" in str(e.value) and "credentials do not belong in the URL" in str(e.value)
+
+
+def _cfg_file(tmp_path, text, mode):
+    p = tmp_path / "replicator.yml"
+    p.write_text(text)
+    os.chmod(p, mode)
+    return p
+
+
+_WITH_SECRET = ("dbs:\n  - path: /data/app.db\n    replicas:\n      - url: s3://bucket/app\n"
+                "        secret-access-key: wJalrXUtnFEMI/K7MDENG\n")
+_FROM_ENV = _WITH_SECRET.replace("wJalrXUtnFEMI/K7MDENG", "$AWS_SECRET_ACCESS_KEY")
+
+
+@pytest.mark.parametrize("text,mode,warned", [
+    (_WITH_SECRET, 0o644, True), (_WITH_SECRET, 0o640, True), (_WITH_SECRET, 0o600, False),
+    (_FROM_ENV, 0o644, False),
+])
+def test_a_config_holding_secrets_readable_by_others_is_warned_about(tmp_path, caplog, text, mode, warned):
+    caplog.set_level("WARNING")
+    config.load(_cfg_file(tmp_path, text, mode), environ={"AWS_SECRET_ACCESS_KEY": "x"})
+    lines = [r.getMessage() for r in caplog.records if "readable by others" in r.getMessage()]
+    assert bool(lines) == warned
+    assert all("wJalrXUtnFEMI" not in line for line in lines)  # the warning names no secret

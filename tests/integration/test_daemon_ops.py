@@ -102,9 +102,10 @@ def test_sync_of_an_unreachable_replica_fails_in_one_line(tmp_path):
     config.write_text(f"dbs:\n  - path: {db}\n    replicas:\n      - url: s3://bucket/x\n"
                       "        endpoint: http://127.0.0.1:9\n        region: us-east-1\n"
                       "        access-key-id: AKIAXXXXXXXX\n        secret-access-key: s3cr3t-value\n")
+    config.chmod(0o600)
     log = tmp_path / "run.log"
     proc = start_replicator(["run", "-c", config], log)
-    wait_for(lambda: (spool_dir(str(db)) / control.SOCKET_NAME).exists(), 30, "the control socket")
+    wait_for(lambda: "replicating" in log.read_text(), 30, "the daemon to take up the tail")
     conn.execute("INSERT INTO t(v) VALUES ('x')")
     synced = cli("sync", "-c", config, "--timeout", "2")
     assert synced.returncode == 1
