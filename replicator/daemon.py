@@ -131,7 +131,7 @@ class Daemon:
             if reloaded or (not ready_sent and all(r.ready.is_set() for r in self.replicators)):
                 self.notifier.ready(line)
                 ready_sent, reloaded, status = True, False, line
-            elif ready_sent and line != status:
+            elif line != status:
                 self.notifier.status(line)
                 status = line
             signals.woke.wait(STATUS_INTERVAL_S)
