@@ -149,10 +149,11 @@ class Daemon:
         return line
 
     def settle(self, timeout_s: float) -> None:
-        """Wait until every database has been opened or has failed to (bounded)."""
+        """Wait (bounded) until every database that exists has its tail taken up: one the
+        application created just before it exited is then copied by the final sync."""
         deadline = time.monotonic() + timeout_s
         for r in self.replicators:
-            while not r.ready.is_set() and r.error is None and time.monotonic() < deadline:
+            while not r.ready.is_set() and os.path.exists(r.cfg.path) and time.monotonic() < deadline:
                 r.ready.wait(0.05)
 
     # -- reload ------------------------------------------------------------------------
