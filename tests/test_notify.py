@@ -119,21 +119,22 @@ def test_ready_only_once_every_database_replicates(tmp_path, notify_socket):
 
 
 def test_watchdog_pings_stop_when_a_worker_wedges(tmp_path, notify_socket):
-    """With WATCHDOG_USEC=1s the daemon pings every half second; its worker then wedges at
+    """With WATCHDOG_USEC=2s the daemon pings every second; its worker then wedges at
     its 4th step (a fault point that blocks the thread for good): the pings stop, so
     systemd would restart it."""
     db = tmp_path / "a.db"
     conn = _db(db)
     log = tmp_path / "run.log"
-    env = {**notify_socket.env(watchdog_usec=1_000_000), "REPLICATOR_HANG_AT": "worker-step:4"}
+    env = {**notify_socket.env(watchdog_usec=2_000_000), "REPLICATOR_HANG_AT": "worker-step:4"}
     start_replicator(["run", "-c", str(_config(tmp_path, [db], "    monitor-interval: 300ms\n"))], log, env=env)
     wait_for(lambda: len(notify_socket.received("WATCHDOG", "1")) >= 2, 30, "watchdog pings")
     wait_for(lambda: "watchdog: not pinging" in log.read_text(), 30, "the stall to be noticed")
     assert f"no progress in {db} (its worker" in log.read_text()
     time.sleep(0.2)  # a ping sent just before the log line was written may still be arriving
     quiet_from = time.monotonic()
-    time.sleep(2.0)  # two watchdog periods: a healthy daemon pings four times in them
+    time.sleep(4.0)  # two watchdog periods: a healthy daemon pings four times in them
     assert notify_socket.received("WATCHDOG", since=quiet_from) == []
+    assert "makes progress again" not in log.read_text()
     conn.close()
 
 
