@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -101,19 +102,29 @@ def _resolve_replica(target: str, config_path: str | None, replica_name: str | N
                       "names: " + ", ".join(r.name for r in db.replicas))
 
 
-def _run_daemon(config: Config, supervised: bool) -> None:
-    from .daemon import Daemon
+def _run_daemon(config: Config, supervised: bool, config_path: str | None = None,
+                exec_command: str | None = None, restore_missing: bool = False) -> None:
+    """The daemon in the foreground until a signal (or --exec's child) stops it. With a
+    config file, SIGHUP reloads it; under systemd, readiness and the watchdog go to it."""
+    from .daemon import Daemon, check_paths
+    from .notify import Notifier
+    from .stopping import daemon_signals
 
-    for i, db in enumerate(config.dbs):
-        if not Path(db.path).parent.is_dir():
-            raise ConfigError(f"{config.source or 'config'}: dbs[{i}].path: directory {Path(db.path).parent} "
-                              "does not exist")
-    with stop_on_signals() as stop:
-        daemon = Daemon(config, supervised=supervised)
+    check_paths(config)
+    load = (lambda: config_mod.load(config_path)) if config_path else None
+    with daemon_signals(reload=(signal.SIGHUP,) if load else ()) as signals:
+        daemon = Daemon(config, supervised=supervised, notifier=Notifier.from_environ(os.environ),
+                        restore_missing=restore_missing)
         daemon.start()
-        daemon.wait(stop)
-        log.info("stopping: shipping everything committed so far")
-        ok = daemon.shutdown()
+        try:
+            child_code = daemon.serve(signals, load, exec_command or config.exec)
+        finally:
+            log.info("stopping: shipping everything committed so far")
+            ok = daemon.shutdown()
+    if child_code:
+        if not ok:
+            log.error("stopped with data not yet on every replica (it stays in the spool)")
+        sys.exit(child_code)
     if not ok:
         raise ReplicatorError("stopped with data not yet on every replica (it stays in the spool)")
     log.info("stopped cleanly")
@@ -121,31 +132,42 @@ def _run_daemon(config: Config, supervised: bool) -> None:
 
 # -- commands -------------------------------------------------------------------------
 
+_RESTORE_HELP = "Restore a missing database from its first replica before replicating it."
+
 
 @cli.command()
 @click.option("-c", "--config", "config_path", default=config_mod.DEFAULT_CONFIG_PATH, show_default=True)
+@click.option("--exec", "exec_command", metavar="CMD",
+              help="Run CMD as a child; when it exits, stop after a final sync, with its exit code.")
+@click.option("--restore-if-db-not-exists", "restore_missing", is_flag=True, help=_RESTORE_HELP)
 @handle_errors
-def run(config_path: str) -> None:
-    """Replicate every database in the config until SIGTERM/SIGINT."""
-    _run_daemon(config_mod.load(config_path), supervised=True)
+def run(config_path: str, exec_command: str | None, restore_missing: bool) -> None:
+    """Replicate every database in the config until SIGTERM/SIGINT; SIGHUP reloads it."""
+    _run_daemon(config_mod.load(config_path), supervised=True, config_path=config_path,
+                exec_command=exec_command, restore_missing=restore_missing)
 
 
 @cli.command()
 @click.argument("db")
 @click.argument("urls", nargs=-1, required=True)
+@click.option("--restore-if-db-not-exists", "restore_missing", is_flag=True, help=_RESTORE_HELP)
 @handle_errors
-def replicate(db: str, urls: tuple[str, ...]) -> None:
+def replicate(db: str, urls: tuple[str, ...], restore_missing: bool) -> None:
     """Replicate DB to each replica URL (no config file needed)."""
+    if restore_missing:
+        from .daemon import restore_if_missing
+
+        restore_if_missing(_adhoc_db(db, urls, must_exist=False))
     _run_daemon(Config(dbs=(_adhoc_db(db, urls),)), supervised=False)
 
 
-def _adhoc_db(db: str, urls: tuple[str, ...]) -> DbConfig:
+def _adhoc_db(db: str, urls: tuple[str, ...], must_exist: bool = True) -> DbConfig:
     replicas = []
     for i, url in enumerate(urls):
         r = config_mod.replica_from_url(url)
         replicas.append(config_mod.dataclasses.replace(r, name=f"{r.type}{i}" if i else r.type))
     path = str(Path(db).absolute())
-    if not os.path.exists(path):
+    if must_exist and not os.path.exists(path):
         raise ConfigError(f"database not found: {path}")
     return DbConfig(path=path, replicas=tuple(replicas))
 

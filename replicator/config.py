@@ -85,6 +85,7 @@ class DbConfig:
 class Config:
     dbs: tuple[DbConfig, ...]
     source: str | None = None  # the file it came from, for messages
+    exec: str | None = None  # the application `run` starts as its child (`--exec` overrides it)
 
 
 _TOP_KEYS = {"dbs", "addr", "access-key-id", "secret-access-key", "logging", "log-level",
@@ -107,7 +108,7 @@ _UNSUPPORTED = {
     "age": _ENCRYPTION, "sse-customer-algorithm": _ENCRYPTION, "sse-customer-key": _ENCRYPTION,
     "sse-customer-key-path": _ENCRYPTION, "sse-kms-key-id": _ENCRYPTION,
     "addr": "Prometheus metrics are not served yet; remove the key",
-    "mcp-addr": _NOT_YET, "exec": _NOT_YET, "logging": _NOT_YET, "log-level": _NOT_YET, "snapshot": _NOT_YET,
+    "mcp-addr": _NOT_YET, "logging": _NOT_YET, "log-level": _NOT_YET, "snapshot": _NOT_YET,
     "levels": _NOT_YET, "l0-retention": _NOT_YET, "l0-retention-check-interval": _NOT_YET,
     "shutdown-sync-timeout": _NOT_YET, "shutdown-sync-interval": _NOT_YET, "meta-path": _NOT_YET,
     "truncate-page-n": "there is no emergency TRUNCATE checkpoint (docs/design.md 4.4); remove it",
@@ -222,7 +223,8 @@ class _Parser:
         for i, p in enumerate(paths):
             if p in paths[:i]:
                 raise self.fail(f"dbs[{i}].path", f"duplicate database {p}")
-        return Config(dbs=dbs, source=self.source)
+        command = self.string(top["exec"], "exec") if top.get("exec") is not None else None
+        return Config(dbs=dbs, source=self.source, exec=command)
 
     def db(self, raw: Any, kp: str, creds: tuple[str | None, str | None]) -> DbConfig:
         d = self.mapping(raw, kp, _DB_KEYS)

@@ -31,6 +31,9 @@ RETRY_DELAY_S = (0.1, 5.0)  # backoff between failed upload rounds (min, max)
 REQUEST_LOG_INTERVAL_S = 60.0
 MIN_ROUND_INTERVAL_S = 0.02  # sync-interval 0 still batches a busy writer's commits a little
 LEASE_TTL_S = 600.0  # long: renewed only alongside uploads, so an idle replica costs no requests
+# A round longer than this is wedged, not slow: each request is bounded (timeouts times
+# retries, about 2.5 min against a stalled store) and a round holds at most a few of them.
+ROUND_STALL_S = 900.0
 
 
 class Shipper:
@@ -57,6 +60,7 @@ class Shipper:
         self.stopping = threading.Event()
         self._hurry = threading.Event()  # set on stop: skip backoff and interval waits
         self._rounds = 0
+        self._round_since: float | None = None  # monotonic start of the round in progress
         self.lock = threading.Lock()
         self.snapshots: dict[str, int] = {}  # key -> txid of snapshots present remotely
         self.segments_upto: dict[str, int] = {}  # generation -> highest txid present remotely
@@ -216,6 +220,7 @@ class Shipper:
             if not retrying:
                 self.wake.wait()
             self.wake.clear()
+            self._round_since = time.monotonic()
             try:
                 self.ship_pending()
             except Exception as err:  # noqa: BLE001 - a bug too must not end the thread quietly
@@ -230,6 +235,7 @@ class Shipper:
                     log.info("replica %s reachable; caught up", self.storage.url)
                 self.last_error = self.last_error_kind = None
                 self.consecutive_failures, retrying, delay = 0, False, RETRY_DELAY_S[0]
+            self._round_since = None
             self._hurry.clear()
             self._rounds += 1
             self._log_requests()
@@ -237,6 +243,16 @@ class Shipper:
                 break  # stop() may have set _hurry just before the clear above
             if not retrying:  # at most one round per interval (a few ms for "at once")
                 self._hurry.wait(max(self.cfg.sync_interval_s, MIN_ROUND_INTERVAL_S))
+
+    def stalled_s(self, now: float) -> float:
+        """How far a round is past ROUND_STALL_S (0 between rounds and while it is within
+        it; infinite if the thread died): the daemon's watchdog reads it."""
+        if self._thread is None or self.stopping.is_set():
+            return 0.0
+        if not self._thread.is_alive():
+            return float("inf")
+        since = self._round_since
+        return 0.0 if since is None else max(0.0, now - since - ROUND_STALL_S)
 
     def _note_failure(self, err: Exception) -> None:
         """Record a failed round; log it at most once per OUTAGE_LOG_INTERVAL_S (a bug with

@@ -16,7 +16,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable
 
-from . import layout, lease, policy
+from . import faults, layout, lease, policy
 from .checkpointer import Checkpointer, backfill_tail, move_mark
 from .config import DbConfig
 from .control import ControlServer
@@ -49,7 +49,7 @@ class DbReplicator:
     """Tails one database into its spool and ships the spool to every replica."""
 
     def __init__(self, cfg: DbConfig, storages: dict[str, Storage] | None = None,
-                 clock_ns: Callable[[], int] = time.time_ns):
+                 clock_ns: Callable[[], int] = time.time_ns, on_ready: Callable[[], None] = lambda: None):
         self.cfg = cfg
         self.clock_ns = clock_ns
         self.handles = DbHandles(cfg.path, cfg.busy_timeout_s)
@@ -61,7 +61,11 @@ class DbReplicator:
         self.checkpointer = Checkpointer(self.handles, self.spooler, self.stopping, self.wake.set,
                                          name=f"checkpoint-{Path(cfg.path).name}")
         self.error: BaseException | None = None
-        self.last_snapshot_ns = 0
+        self.ready = threading.Event()  # set once the tail is first taken up (sd_notify READY)
+        self.on_ready = on_ready
+        # The watchdog's view (stalled_s): when the worker began what it is doing now, None
+        # while it waits on purpose (for a wake-up, a backoff, the next batch).
+        self._busy_since: float | None = None
         self.last_snapshot_bytes = 0  # compressed; recovered from the replicas at start
         self.last_write_ns = clock_ns()
         self.shippers = [
@@ -99,6 +103,7 @@ class DbReplicator:
         on the worker thread and keeps retrying with backoff (the daemon's databases)."""
         if not supervised:
             self.open()
+        self._busy_since = time.monotonic()
         self._thread = threading.Thread(target=self._run, name=f"tail-{Path(self.cfg.path).name}",
                                         daemon=True)
         self._thread.start()
@@ -139,6 +144,9 @@ class DbReplicator:
             raise
         log.info("replicating %s to %s", self.cfg.path, ", ".join(r.url for r in self.cfg.replicas))
         self._notify()
+        if not self.ready.is_set():
+            self.ready.set()
+            self.on_ready()
 
     def stop(self) -> None:
         self.stopping.set()
@@ -196,7 +204,7 @@ class DbReplicator:
                                       err, delay)
                     self._logged_at = now
                 self._close_tail()
-                self.stopping.wait(delay)
+                self._idle(self.stopping, delay)
                 delay = min(RESTART_DELAY_S[1], delay * 2)
         try:
             if self._open:
@@ -208,10 +216,10 @@ class DbReplicator:
     def _loop(self) -> None:
         last, window = 0.0, policy.MIN_BATCH_INTERVAL_S
         while not self.stopping.is_set():
-            self.wake.wait(self.cfg.monitor_interval_s)
+            self._idle(self.wake, self.cfg.monitor_interval_s)
             # Coalesce: a busy writer wakes us per WAL write; one batch per few ms keeps the
             # per-batch cost (encode, spool, upload) from scaling with the commit rate.
-            self.stopping.wait(max(0.0, last + window - time.monotonic()))
+            self._idle(self.stopping, max(0.0, last + window - time.monotonic()))
             self.wake.clear()
             if self.stopping.is_set():
                 return
@@ -227,6 +235,24 @@ class DbReplicator:
                 if now - self._logged_at >= FAILURE_LOG_INTERVAL_S:
                     log.warning("%s: %s; will retry", self.cfg.path, err)
                     self._logged_at = now
+
+    def _idle(self, event: threading.Event, timeout_s: float) -> bool:
+        """A wait on purpose, which the watchdog does not count as a stall."""
+        self._busy_since = None
+        try:
+            return event.wait(timeout_s)
+        finally:
+            self._busy_since = time.monotonic()
+
+    def stalled_s(self, now: float) -> float:
+        """How long the worker has been at one piece of work (0 while it waits on purpose;
+        infinite if its thread died): the watchdog stops pinging when this grows too long."""
+        if self._thread is None or self.stopping.is_set():
+            return 0.0
+        if not self._thread.is_alive():
+            return float("inf")
+        since = self._busy_since
+        return 0.0 if since is None else max(0.0, now - since)
 
     def _finish(self) -> None:
         """On stop: everything committed so far into the spool, durably (a clean restart then
@@ -302,7 +328,8 @@ class DbReplicator:
         assert self.tail.pos is not None
         txid, now = self.tail.pos.txid, self.tail.now()
         self.spooler.generation = layout.new_generation(now)
-        snap = write_snapshot(self.spool, self.handles, hdr, self.generation, txid, now, expected=None)
+        snap = write_snapshot(self.spool, self.handles, hdr, self.generation, txid, now, expected=None,
+                              poll=self._beat)
         self.tail.checksum = snap.checksum
         self.spool.save_base(TailState(self.generation, self.tail.pos, snap.checksum.copy(), self.handles.db_ident))
         self.last_snapshot_ns, self.last_snapshot_bytes = now, snap.size
@@ -329,6 +356,7 @@ class DbReplicator:
 
     def step(self) -> None:
         """One wake-up: serve snapshot requests, copy, maybe checkpoint, maybe snapshot."""
+        faults.point("worker-step")
         if self.handles.replaced():
             raise ContinuityLost("the database file was replaced")
         if self.generation in self._refused:
@@ -391,8 +419,13 @@ class DbReplicator:
         self._notify()
         return pos.txid
 
+    def _beat(self) -> None:
+        """Progress inside one long piece of work (a snapshot's chunks)."""
+        self._busy_since = time.monotonic()
+
     def _poll_copy(self) -> None:
         """Commits keep flowing while a snapshot is read (its failures wait for the next step)."""
+        self._beat()  # a snapshot still reading is progress, however long it takes
         try:
             self.spooler.copy()
         except SpoolError:

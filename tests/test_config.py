@@ -289,6 +289,15 @@ def test_litestream_keys_not_implemented_are_refused_naming_the_key(text, where,
     assert f"{where}: " in str(e.value) and why in str(e.value)
 
 
+def test_exec_is_litestreams_top_level_command_string():
+    body = "dbs:\n- path: /a.db\n  replicas: [{url: file:///b}]\n"
+    assert parse("exec: my-app --serve 'a b'\n" + body, environ={}).exec == "my-app --serve 'a b'"
+    assert parse(body, environ={}).exec is None
+    with pytest.raises(ConfigError) as e:
+        parse("exec: [my-app]\n" + body, environ={})
+    assert "exec: expected a non-empty string" in str(e.value)
+
+
 def test_config_is_frozen():
     cfg = parse(RUNBOOK, environ={})
     with pytest.raises(AttributeError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 
 from replicator.stopping import stop_on_signals
 
@@ -58,3 +59,39 @@ def test_other_signals_do_not_stop() -> None:
             assert not stop.wait(0.2)
     finally:
         signal.signal(signal.SIGUSR1, previous)
+
+
+def test_sighup_sets_reload_and_not_stop() -> None:
+    from replicator.stopping import daemon_signals
+
+    with daemon_signals() as signals:
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert signals.woke.wait(10)
+        assert signals.reload.wait(10)
+        assert not signals.stop.is_set()
+        signals.woke.clear()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert signals.woke.wait(10) and signals.stop.wait(10)
+        assert (signals.stops, signals.last_stop) == (1, signal.SIGTERM)
+
+
+def test_stop_signals_are_counted_for_forwarding() -> None:
+    from replicator.stopping import daemon_signals
+
+    with daemon_signals() as signals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            n = signals.stops
+            os.kill(os.getpid(), sig)
+            deadline = time.monotonic() + 10
+            while signals.stops == n and time.monotonic() < deadline:
+                signals.woke.wait(0.05)
+            assert signals.last_stop == sig
+        assert signals.stops == 2 and not signals.reload.is_set()
+
+
+def test_without_reload_signals_sighup_keeps_its_previous_handler() -> None:
+    from replicator.stopping import daemon_signals
+
+    before = signal.getsignal(signal.SIGHUP)
+    with daemon_signals(reload=()):
+        assert signal.getsignal(signal.SIGHUP) is before
