@@ -297,6 +297,7 @@ def _add_history(ctx: Context, tool: Tool, src: Path, replica: Path, d: Path, n_
                  first_v: int, profile_it: bool) -> dict:
     proc = spy = None
     result = d / f"history-{tool.short}.json"
+    result.unlink(missing_ok=True)  # a writer that fails must not leave the last step's figures
     try:
         proc, _ = start_tool(tool, src, replica, d / f"tool-{tool.short}.log")
         time.sleep(1.0)
@@ -306,8 +307,11 @@ def _add_history(ctx: Context, tool: Tool, src: Path, replica: Path, d: Path, n_
         t0 = time.monotonic()
         w = procs.spawn([ctx.py, "-m", "bench.workload", "history", str(src), "--tx", str(n_tx), "--seed", str(seed),
                          "--first-v", str(first_v), "--result", str(result)], d / f"history-{tool.short}.log")
-        w.wait()
+        rc = w.wait()
         procs._started.remove(w)
+        if rc != 0:
+            tail = (d / f"history-{tool.short}.log").read_text(errors="replace")[-1500:]
+            raise RuntimeError(f"the history writer beside {tool.name} failed (exit {rc}): {tail}")
         writer_s = time.monotonic() - t0
         catch_up = wait_idle(proc.pid, window_s=2.0)
         prof = profile.finish(spy, d / "profile-history") if spy is not None else None
