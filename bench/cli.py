@@ -13,13 +13,13 @@ import sys
 import time
 from pathlib import Path
 
-from . import impact, pitr, procs, report, requests_bench, restore_bench, rpo, simulate
+from . import impact, pitr, procs, report, requests_bench, restore_bench, rpo, simulate, workloads_bench
 from .common import Context, Settings, new_run_base, run_base, say
 from .tools import BENCH_DIR, make_tools
 
 SECTIONS = {"rpo": rpo.run, "impact": impact.run_impact, "cpu": impact.run_cpu,
             "restore": restore_bench.run, "pitr": pitr.run, "requests": requests_bench.run,
-            "simulate": simulate.run}
+            "simulate": simulate.run, "workloads": workloads_bench.run}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

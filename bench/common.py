@@ -60,6 +60,7 @@ class Settings:
     sim_step_min: int = 15
     sim_tx_per_step: int = 5
     sim_pass_every_h: int = 6
+    workloads_s: float = 30.0  # 8. issue 14's workloads: seconds of writes per row and tool
     seed: int = 7
     profile: bool = False
 
@@ -68,7 +69,8 @@ class Settings:
         return cls(rpo_runs=2, rpo_rates=(500, 5000, 0), rpo_write_s=(1.0, 2.5), impact_s=5.0,
                    impact_rounds=1, cpu_rate_s=5.0, idle_s=10.0, restore_size_mb=96,
                    history_factors=(1.0, 3.0), pitr_s=5.0, pitr_targets=5, requests_idle_s=20.0,
-                   requests_load_s=15.0, sim_days=31, sim_step_min=60, sim_pass_every_h=12)
+                   requests_load_s=15.0, sim_days=31, sim_step_min=60, sim_pass_every_h=12,
+                   workloads_s=5.0)
 
 
 def rate_label(rate: float) -> str:

@@ -107,6 +107,8 @@ def write(path: Path, res: dict, info: dict, command: str, settings, versions: d
         lines += _requests(res["requests"], s)
     if "simulate" in res:
         lines += _simulate(res["simulate"])
+    if "workloads" in res:
+        lines += _workloads(res["workloads"])
     lines += _profiles(res)
     lines += ["## Method and deviations from issue 7", ""]
     lines += [f"- {n}" for n in _method(s, res) + notes]
@@ -502,6 +504,26 @@ def _requests_method(s, res: dict) -> str:
             f"(compactions, snapshots) is caught in part or not at all: the idle window is {s.requests_idle_s:g} s "
             f"and the load window {s.requests_load_s:g} s here. Apart from 6b and the S3 rows of section 1, every "
             "section uses file replicas.")
+
+
+def _workloads(wl: dict) -> list[str]:
+    out = ["", f"## 8. Issue 14's workloads: {wl['seconds']:g} s of writes, then restore the latest state", "",
+           "Each tool with default settings; the replicator's replica after `replicator compact --once` passes until "
+           "one builds nothing (as the compactor leaves it in production). Cold restores (page cache dropped), "
+           "output fsynced and checked against the source.", ""]
+    cases = list(dict.fromkeys(r["case"] for r in wl["rows"]))
+    rows = []
+    for case in cases:
+        by = {r["tool"]: r for r in wl["rows"] if r["case"] == case}
+        r, l = by.get(R, {}), by.get(L, {})
+        rows.append([case, _f(r.get("db_bytes") and r["db_bytes"] / 1e6, "{:.0f}"),
+                     _f(r.get("wal_bytes") and r["wal_bytes"] / 1e6, "{:.0f}"),
+                     _f(r.get("restore_s"), "{:.2f}"), f"{r.get('objects', '-')} -> {r.get('objects_compacted', '-')}",
+                     _f(l.get("restore_s"), "{:.2f}"), str(l.get("objects", "-")),
+                     _ratio(r.get("restore_s"), l.get("restore_s")),
+                     "ok" if r.get("ok") and l.get("ok", True) else "**FAILED** " + (r.get("error") or l.get("error") or "")])
+    return out + _table(["workload", "db MB (R)", "WAL MB (R)", "R restore s", "R objects (-> compacted)",
+                         "L restore s", "L objects", "ratio", "verified"], rows)
 
 
 def _simulate(sim: dict) -> list[str]:
