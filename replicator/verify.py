@@ -184,21 +184,26 @@ def verify(storage: Storage, replica_url: str, target: Target = Target(), *, aga
         result = restore(storage, out, target, parallelism=parallelism, progress=progress)
         counts = file_row_counts(out)
     checksum = result.db_checksum
-    differences: list[str] = []
-    if live is not None:
-        if checksum != live.checksum:
-            differences.append(f"checksum {checksum:016x} != live {live.checksum:016x}")
-        for table in sorted(set(counts) | set(live.counts)):
-            mine, theirs = counts.get(table), live.counts.get(table)
-            if mine != theirs:
-                differences.append(f"table {table}: {_n(mine)} rows restored, {_n(theirs)} live")
+    differences = compare(checksum, counts, live.checksum, live.counts) if live is not None else []
     return VerifyResult(replica_url, result.txid, result.time_ns, result.generation, checksum, counts,
                         live.counts if live else None, tuple(differences),
                         result.db_size_pages * result.page_size, time.monotonic() - started)
 
 
+def compare(checksum: int, counts: dict[str, int], live_checksum: int, live_counts: dict[str, int]) -> list[str]:
+    """What differs between the restored copy and the live database, one line each."""
+    differences = []
+    if checksum != live_checksum:
+        differences.append(f"checksum {checksum:016x} != live {live_checksum:016x}")
+    for table in sorted(set(counts) | set(live_counts)):
+        mine, theirs = counts.get(table), live_counts.get(table)
+        if mine != theirs:
+            differences.append(f"table {table}: {_n(mine)} rows restored, {_n(theirs)} live")
+    return differences
+
+
 def _n(count: int | None) -> str:
-    return "no such table:" if count is None else f"{count:,}"
+    return "no such table," if count is None else f"{count:,}"
 
 
 # -- the record the drill leaves for status and metrics ------------------------------
