@@ -197,13 +197,13 @@ def compare(checksum: int, counts: dict[str, int], live_checksum: int, live_coun
         differences.append(f"checksum {checksum:016x} != live {live_checksum:016x}")
     for table in sorted(set(counts) | set(live_counts)):
         mine, theirs = counts.get(table), live_counts.get(table)
-        if mine != theirs:
-            differences.append(f"table {table}: {_n(mine)} rows restored, {_n(theirs)} live")
+        if mine is None:
+            differences.append(f"table {table}: not in the restored copy ({theirs:,} rows live)")
+        elif theirs is None:
+            differences.append(f"table {table}: not in the live database ({mine:,} rows restored)")
+        elif mine != theirs:
+            differences.append(f"table {table}: {mine:,} rows restored, {theirs:,} live")
     return differences
-
-
-def _n(count: int | None) -> str:
-    return "no such table," if count is None else f"{count:,}"
 
 
 # -- the record the drill leaves for status and metrics ------------------------------
