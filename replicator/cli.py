@@ -345,9 +345,13 @@ def _verify_config(cfg: Config, point: Target, replica_name: str | None, as_json
     from .verify import record, verify as do_verify, write_record
 
     _setup_logging(False, cfg)
+    if replica_name is not None and not any(r.name == replica_name for d in cfg.dbs for r in d.replicas):
+        raise ConfigError(f"no replica named {replica_name!r} in {cfg.source}")
     docs, failed = [], []
     for db in cfg.dbs:
         replicas = [r for r in db.replicas if replica_name in (None, r.name)]
+        if not replicas:
+            continue
         outcomes: list[tuple[str, int | None, str | None]] = []
         for r in replicas:
             try:

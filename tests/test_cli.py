@@ -522,3 +522,25 @@ def test_exe_logs_json_lines_from_the_config(tmp_path):
     assert any(d["msg"] == f"replicating {db} to file://{replica}" for d in first), first
     assert all(set(d) == {"ts", "level", "logger", "msg"} for d in first)
     assert all(json.loads(line)["level"] in ("info", "debug") for line in rest.splitlines())
+
+
+def test_snapshot_from_a_config_without_a_daemon_then_restore_it(tmp_path):
+    db, replica = tmp_path / "app.db", tmp_path / "replica"
+    conn = apsw.Connection(str(db))
+    list(conn.execute("pragma journal_mode=wal; create table t(x); insert into t values ('kept')"))
+    cfg = write_config(tmp_path / "c.yml", f"dbs:\n- path: {db}\n  replicas:\n  - url: file://{replica}\n")
+    taken = invoke("snapshot", "-c", cfg, "--name", "pre-migration", db)
+    assert taken.exit_code == 0 and "named pre-migration" in taken.stdout, taken.output
+    list(conn.execute("drop table t"))
+    conn.close()
+    listed = json.loads(invoke("snapshots", "--json", "-c", cfg, db).stdout)
+    assert [s["name"] for s in listed] == ["pre-migration"] and listed[0]["bytes"] > 0
+    done = invoke("restore", "-c", cfg, "--snapshot", "pre-migration", "-o", db, "--force", db)
+    assert done.exit_code == 0, done.output
+    assert read_rows(db) == [(1, "kept")]
+
+
+def test_verify_config_with_an_unknown_replica_name(tmp_path):
+    cfg = write_config(tmp_path / "c.yml", f"dbs:\n- path: {tmp_path}/a.db\n  replicas:\n"
+                                           f"  - url: file://{tmp_path}/r\n")
+    assert "no replica named 'nope'" in error_line(invoke("verify", "-c", cfg, "--replica", "nope"), code=2)
