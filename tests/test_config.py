@@ -379,3 +379,10 @@ def test_bad_logging_values_name_the_key(text, where):
     with pytest.raises(ConfigError) as e:
         parse(_DBS + text, environ={})
     assert where in str(e.value)
+
+
+def test_the_configs_credentials_are_known_to_the_log_redaction():
+    cfg = parse("access-key-id: AKIATOP\nsecret-access-key: top-secret\n"
+                "dbs: [{path: /a.db, replicas: [{url: s3://b/a}, {url: s3://b/c, secret-access-key: own},"
+                " {url: file:///d}]}]\n", environ={})
+    assert set(cfg.secrets) == {"AKIATOP", "top-secret", "own"}
