@@ -407,7 +407,7 @@ def test_keep_for_needs_a_name(tmp_path):
 @pytest.fixture(scope="module")
 def named(tmp_path_factory) -> Populated:
     """A replica with a snapshot named pre-migration, then two more commits after it."""
-    from replicator.snapshot_cmd import take_snapshot
+    from replicator.daemon_ops import take_snapshot
 
     d = tmp_path_factory.mktemp("named")
     db, replica = d / "app.db", d / "replica"
