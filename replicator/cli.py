@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -415,16 +416,18 @@ def _format_result(result: Any) -> str:
 @click.option("--name", help="A label kept in the snapshot's name, e.g. before-migration; retention keeps it.")
 @click.option("--keep-for", help="With --name: retention keeps it this long (e.g. 90d, 720h), then retires it.")
 @click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds to wait.")
+@click.option("--wait", "wait_listed", is_flag=True,
+              help="Return only once every replica lists the snapshot (not only the spool).")
 @click.option("-c", "--config", "config_path")
 @_progress_option
 @handle_errors
 def snapshot(db: str, urls: tuple[str, ...], name: str | None, keep_for: str | None, timeout: float,
-             config_path: str | None, show_progress: bool | None) -> None:
+             wait_listed: bool, config_path: str | None, show_progress: bool | None) -> None:
     """Take a snapshot of DB now (through the running daemon, or by itself if none runs).
 
     The replicas come from the config, or from URLS given after DB.
     """
-    from .daemon_ops import take_snapshot
+    from .daemon_ops import take_snapshot, wait_on_replicas
 
     if name is not None and not layout.SNAPSHOT_NAME.match(name):
         raise ConfigError(f"invalid snapshot name {name!r} (letters, digits, . _ - ; up to 64)")
@@ -442,8 +445,11 @@ def snapshot(db: str, urls: tuple[str, ...], name: str | None, keep_for: str | N
         dbcfg = _find_db(_load_config(config_path, required=False), db)
     if dbcfg is None:
         raise ConfigError(f"no replicas configured for {db}", "pass -c CONFIG or replica URLs after DB")
+    started = time.monotonic()
     with progress.spinner(f"snapshot of {dbcfg.path}", progress.wanted(show_progress)):
         txid = take_snapshot(dbcfg, name, timeout, keep_for_s)
+        if wait_listed:
+            wait_on_replicas(dbcfg, txid, name, max(0.0, timeout - (time.monotonic() - started)))
     click.echo(f"snapshot of {dbcfg.path} at txid {txid}" + (f" named {name}" if name else ""))
 
 

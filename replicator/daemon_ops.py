@@ -22,8 +22,9 @@ LISTED_POLL_S = 0.05  # between listings while a snapshot the daemon spooled is 
 
 
 def wait_on_replicas(db: DbConfig, txid: int, name: str | None, timeout_s: float) -> None:
-    """Return once every replica lists the snapshot (a running daemon answers when it is in
-    the spool, not yet uploaded): before a migration, "taken" must mean "on the replicas"."""
+    """Return once every replica lists the snapshot (`snapshot --wait`): a running daemon
+    answers when it is in the spool, and before a migration "taken" must mean "on the
+    replicas"."""
     import time
 
     deadline = time.monotonic() + timeout_s
@@ -47,7 +48,6 @@ def take_snapshot(db: DbConfig, name: str | None, timeout_s: float, keep_for_s: 
     answer = _ask(spool, {"op": "snapshot", "name": name, "keep_for_s": keep_for_s, "timeout_s": timeout_s},
                   timeout_s)
     if answer is not None:
-        wait_on_replicas(db, int(answer["txid"]), name, timeout_s)
         return int(answer["txid"])
     rep = _alone(db)
     try:
