@@ -98,9 +98,15 @@ def test_backup_before_a_migration(tmp_path):
     assert "restored" in done.stdout
     assert dump(db) == before
     # Started again, the replicator follows the restored file (a new generation).
-    daemon = start_replicator(["run", "-c", str(cfg)], tmp_path / "run2.log")
+    log2 = tmp_path / "run2.log"
+    daemon = start_replicator(["run", "-c", str(cfg)], log2)
+    wait_for(lambda: "replicating " in log2.read_text(), 30, "the replicator to start again")
+    conn = apsw.Connection(str(db))
+    with conn:
+        conn.execute("INSERT INTO users(name) VALUES ('after the restore')")
+    conn.close()
     again = cli_ok(["verify", "-c", str(cfg), "--against", str(db), str(db), "--timeout", "60"])
-    assert "same as the live database" in again.stdout
+    assert "same as the live database" in again.stdout and "201 rows  live 201" in again.stdout
     assert stop(daemon) == 0
 
 
