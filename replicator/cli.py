@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
-from . import __version__, config as config_mod, layout
+from . import __version__, config as config_mod, layout, logs, progress
 from .config import Config, DbConfig, ReplicaConfig
 from .durations import format_timestamp, parse_duration, parse_timestamp
 from .errors import ConfigError, NothingToRestore, OutputExists, ReplicatorError
@@ -23,11 +25,12 @@ from .storage import Storage, open_storage
 log = logging.getLogger("replicator")
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    for noisy in ("botocore", "boto3", "urllib3", "watchdog", "s3transfer"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def _setup_logging(verbose: bool, config: Config | None = None) -> None:
+    """Defaults first (from -v); again with the config's `logging:` once a command loads one."""
+    if config is None:
+        logs.setup(verbose=verbose)
+    else:
+        logs.setup(config.logging, secrets=config.secrets)
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -63,7 +66,9 @@ def _load_config(path: str | None, required: bool) -> Config | None:
         if not required and not os.path.exists(config_mod.DEFAULT_CONFIG_PATH):
             return None
         path = config_mod.DEFAULT_CONFIG_PATH
-    return config_mod.load(path)
+    cfg = config_mod.load(path)
+    _setup_logging(False, cfg)
+    return cfg
 
 
 def _find_db(cfg: Config | None, db: str) -> DbConfig | None:
@@ -110,6 +115,7 @@ def _run_daemon(config: Config, supervised: bool, config_path: str | None = None
     from .notify import Notifier
     from .stopping import daemon_signals
 
+    _setup_logging(False, config)
     check_paths(config)
     load = (lambda: config_mod.load(config_path)) if config_path else None
     with daemon_signals(reload=(signal.SIGHUP,) if load else ()) as signals:
@@ -172,35 +178,69 @@ def _adhoc_db(db: str, urls: tuple[str, ...], must_exist: bool = True) -> DbConf
     return DbConfig(path=path, replicas=tuple(replicas))
 
 
+def _progress_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--progress/--no-progress", "show_progress", default=None,
+                        help="Progress bar on stderr (default: only on a terminal).")(fn)
+
+
+def _json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Machine-readable output (JSON).")(fn)
+
+
+def _echo_json(doc: Any) -> None:
+    click.echo(json.dumps(doc, indent=2, sort_keys=True))
+
+
+def _target(timestamp: str | None, txid: int | None, snapshot_name: str | None = None) -> Target:
+    given = [opt for opt, v in (("--timestamp", timestamp), ("--txid", txid), ("--snapshot", snapshot_name))
+             if v is not None]
+    if len(given) > 1:
+        raise ConfigError(f"give {' or '.join(given)}, not both" if len(given) == 2 else "give one of "
+                          "--timestamp, --txid and --snapshot")
+    try:
+        time_ns = parse_timestamp(timestamp) if timestamp else None
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return Target(txid, time_ns, snapshot_name)
+
+
 @cli.command()
 @click.argument("target")
 @click.option("-o", "--output", help="Where to write the database (default: the database path).")
 @click.option("--timestamp", help="Restore the state at this time (RFC 3339).")
 @click.option("--txid", type=int, help="Restore the state right after this transaction.")
+@click.option("--snapshot", "snapshot_name", metavar="NAME",
+              help="Restore exactly the state of the snapshot named NAME (snapshot --name).")
 @click.option("--if-db-not-exists", is_flag=True, help="Do nothing (exit 0) if the output exists.")
 @click.option("--if-replica-exists", is_flag=True, help="Do nothing (exit 0) if the replica is empty.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (objects, bytes, where it lands); write nothing.")
 @click.option("--parallelism", type=click.IntRange(1, 64), default=8, show_default=True)
 @click.option("--replica", "replica_name", help="Which of the database's replicas (by name).")
 @click.option("-c", "--config", "config_path", help="Config file (to look up a database's replicas).")
+@_json_option
+@_progress_option
 @handle_errors
-def restore(target: str, output: str | None, timestamp: str | None, txid: int | None,
-            if_db_not_exists: bool, if_replica_exists: bool, force: bool, parallelism: int,
-            replica_name: str | None, config_path: str | None) -> None:
+def restore(target: str, output: str | None, timestamp: str | None, txid: int | None, snapshot_name: str | None,
+            if_db_not_exists: bool, if_replica_exists: bool, force: bool, dry_run: bool, parallelism: int,
+            replica_name: str | None, config_path: str | None, as_json: bool, show_progress: bool | None) -> None:
     """Restore TARGET (a database path or a replica URL) as of a point in time."""
-    from .restore import restore as do_restore
+    from .restore import preview, restore as do_restore
 
-    if timestamp and txid is not None:
-        raise ConfigError("give --timestamp or --txid, not both")
-    try:
-        time_ns = parse_timestamp(timestamp) if timestamp else None
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    point = _target(timestamp, txid, snapshot_name)
     replica, db = _resolve_replica(target, config_path, replica_name)
-    if output is None:
-        if db is None:
-            raise ConfigError("restoring from a replica URL needs -o OUTPUT")
+    if output is None and db is not None:
         output = db.path
+    if output is None and not dry_run:
+        raise ConfigError("restoring from a replica URL needs -o OUTPUT")
+    if dry_run:
+        try:
+            seen = preview(open_storage(replica), point)
+        except NothingToRestore as err:
+            raise ReplicatorError(f"{replica.url}: {err}") from None
+        _print_preview(replica.url, output, seen, as_json)
+        return
+    assert output is not None
     if os.path.exists(output):
         if if_db_not_exists:
             click.echo(f"{output} exists; nothing restored")
@@ -209,40 +249,165 @@ def restore(target: str, output: str | None, timestamp: str | None, txid: int | 
             raise OutputExists(f"output file {output} already exists", "use --force to overwrite it")
     storage = open_storage(replica)
     try:
-        result = do_restore(storage, output, Target(txid, time_ns), force=force, parallelism=parallelism)
+        with progress.bar("restore", progress.wanted(show_progress)) as report:
+            result = do_restore(storage, output, point, force=force, parallelism=parallelism, progress=report)
     except NothingToRestore as err:
         if if_replica_exists:
             click.echo(f"{replica.url}: nothing to restore")
             return
         raise ReplicatorError(f"{replica.url}: {err}") from None
+    if as_json:
+        _echo_json({"output": result.output, "replica": replica.url, "generation": result.generation,
+                    "txid": result.txid, "time": format_timestamp(result.time_ns),
+                    "bytes": result.db_size_pages * result.page_size, "segments": result.segments,
+                    "snapshot": result.snapshot_key, "checksum": f"{result.db_checksum:016x}",
+                    "seconds": round(result.seconds, 3)})
+        return
     click.echo(f"restored {result.output} to txid {result.txid} ({format_timestamp(result.time_ns)}, "
                f"generation {result.generation}, {result.db_size_pages * result.page_size:,} bytes, "
                f"{result.segments} segments, {result.seconds:.2f}s); checksum and integrity_check ok")
 
 
+def _print_preview(url: str, output: str | None, seen: Any, as_json: bool) -> None:
+    plan = seen.plan
+    if as_json:
+        _echo_json({"replica": url, "output": output, "generation": plan.generation,
+                    "snapshot": {"key": plan.snapshot.key, "txid": plan.snapshot.txid,
+                                 "name": plan.snapshot.name, "bytes": plan.snapshot.size},
+                    "segments": [{"key": s.key, "txids": [s.first_txid, s.last_txid], "bytes": s.size}
+                                 for s in plan.segments],
+                    "bytes": plan.download_bytes, "txid": seen.txid, "time": format_timestamp(seen.time_ns)})
+        return
+    name = f" named {plan.snapshot.name}" if plan.snapshot.name else ""
+    click.echo(f"would restore {url} to {output or '(no output given)'}")
+    click.echo(f"  snapshot  {plan.snapshot.key} (txid {plan.snapshot.txid}{name}, {plan.snapshot.size:,} bytes)")
+    if plan.segments:
+        first, last = plan.segments[0], plan.segments[-1]
+        click.echo(f"  segments  {len(plan.segments)} (txids {first.first_txid}-{last.last_txid}, "
+                   f"{sum(s.size for s in plan.segments):,} bytes)")
+    else:
+        click.echo("  segments  none")
+    click.echo(f"  download  {plan.download_bytes:,} bytes")
+    click.echo(f"  lands on  txid {seen.txid} ({format_timestamp(seen.time_ns)}), generation {plan.generation}")
+    click.echo("nothing written (--dry-run)")
+
+
 @cli.command()
-@click.argument("target")
+@click.argument("target", required=False)
 @click.option("--timestamp", help="Verify the state at this time (RFC 3339).")
 @click.option("--txid", type=int)
+@click.option("--against", "against", metavar="DB",
+              help="Compare with the live database DB at the same transaction (waits for it to be shipped).")
+@click.option("--timeout", type=float, default=60.0, show_default=True,
+              help="With --against: seconds to wait for the replica to hold the live state.")
 @click.option("--replica", "replica_name")
-@click.option("-c", "--config", "config_path")
+@click.option("-c", "--config", "config_path",
+              help="Without TARGET: verify every replica of every database of this config.")
+@_json_option
+@_progress_option
 @handle_errors
-def verify(target: str, timestamp: str | None, txid: int | None, replica_name: str | None,
-           config_path: str | None) -> None:
-    """Restore to a temporary file and prove it (checksum + integrity_check)."""
-    import tempfile
+def verify(target: str | None, timestamp: str | None, txid: int | None, against: str | None, timeout: float,
+           replica_name: str | None, config_path: str | None, as_json: bool, show_progress: bool | None) -> None:
+    """Restore to a temporary file and prove it: checksum, integrity_check, rows per table.
 
-    from .restore import restore as do_restore
+    Without TARGET, every replica of every database in the config (-c) is verified, and each
+    database's result is written to its spool directory as verify.json (status and metrics
+    read it); the exit code is non-zero if any fails.
+    """
+    from .verify import verify as do_verify
 
-    try:
-        time_ns = parse_timestamp(timestamp) if timestamp else None
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    point = _target(timestamp, txid)
+    if against is not None and point != Target():
+        raise ConfigError("--against verifies at the live database's transaction: drop --timestamp/--txid")
+    if target is None:
+        if config_path is None:
+            raise ConfigError("verify needs TARGET (a database or replica URL) or -c CONFIG")
+        if against is not None:
+            raise ConfigError("--against goes with TARGET (with -c, every database is its own)")
+        _verify_config(config_mod.load(config_path), point, replica_name, as_json, show_progress)
+        return
     replica, _ = _resolve_replica(target, config_path, replica_name)
-    with tempfile.TemporaryDirectory(prefix="replicator-verify-") as d:
-        result = do_restore(open_storage(replica), Path(d) / "verify.db", Target(txid, time_ns))
-    click.echo(f"ok: {replica.url} restores to txid {result.txid} "
-               f"({format_timestamp(result.time_ns)}) in {result.seconds:.2f}s")
+    with progress.bar("verify", progress.wanted(show_progress)) as report:
+        result = do_verify(open_storage(replica), replica.url, point,
+                           against=str(Path(against).absolute()) if against else None,
+                           timeout_s=timeout, progress=report)
+    if as_json:
+        _echo_json(_result_doc(result))
+    else:
+        click.echo(_format_result(result))
+    if not result.ok:
+        raise ReplicatorError(f"{replica.url} differs from {against} at txid {result.txid}")
+
+
+def _verify_config(cfg: Config, point: Target, replica_name: str | None, as_json: bool,
+                   show_progress: bool | None) -> None:
+    """Every replica of every database (a drill that checked only the first would miss a
+    broken second copy); one verify.json per database: ok only if every replica is."""
+    from .verify import record, verify as do_verify, write_record
+
+    _setup_logging(False, cfg)
+    if replica_name is not None and not any(r.name == replica_name for d in cfg.dbs for r in d.replicas):
+        raise ConfigError(f"no replica named {replica_name!r} in {cfg.source}")
+    docs, failed = [], []
+    for db in cfg.dbs:
+        replicas = [r for r in db.replicas if replica_name in (None, r.name)]
+        if not replicas:
+            continue
+        outcomes: list[tuple[str, int | None, str | None]] = []
+        for r in replicas:
+            try:
+                with progress.bar(f"verify {r.name}", progress.wanted(show_progress)) as report:
+                    result = do_verify(open_storage(r), r.url, point, progress=report)
+            except ReplicatorError as err:
+                outcomes.append((r.name, None, str(err)))
+                docs.append({"db": db.path, "replica": r.url, "ok": False, "error": str(err)})
+                if not as_json:
+                    click.echo(f"FAILED: {db.path} -> {r.url}: {err}")
+                continue
+            outcomes.append((r.name, result.txid, None))
+            docs.append({"db": db.path, **_result_doc(result)})
+            if not as_json:
+                click.echo(_format_result(result))
+        bad = [o for o in outcomes if o[2] is not None]
+        if bad:
+            failed.append(db.path)
+            rec = record(False, bad[0][0], bad[0][1], bad[0][2])
+        else:
+            rec = record(True, ",".join(o[0] for o in outcomes), min((o[1] for o in outcomes if o[1] is not None),
+                                                                    default=None), None)
+        write_record(db.path, rec)
+    if as_json:
+        _echo_json(docs)
+    if failed:
+        raise ReplicatorError(f"verify failed for {', '.join(failed)}")
+
+
+def _result_doc(result: Any) -> dict[str, Any]:
+    return {"replica": result.replica, "ok": result.ok, "txid": result.txid,
+            "time": format_timestamp(result.time_ns), "generation": result.generation,
+            "checksum": f"{result.checksum:016x}", "integrity_check": "ok", "tables": result.counts,
+            "live_tables": result.live_counts, "differences": list(result.differences),
+            "bytes": result.bytes, "seconds": round(result.seconds, 3)}
+
+
+def _format_result(result: Any) -> str:
+    head = "ok" if result.ok else "DIFFERS"
+    lines = [f"{head}: {result.replica} restores to txid {result.txid} ({format_timestamp(result.time_ns)}) "
+             f"in {result.seconds:.2f}s; checksum {result.checksum:016x} and integrity_check ok"]
+    width = max((len(t) for t in result.counts), default=5)
+    for table, n in result.counts.items():
+        live = ""
+        if result.live_counts is not None:
+            theirs = result.live_counts.get(table)
+            live = f"  live {theirs:,}" if theirs is not None else "  live (no such table)"
+        lines.append(f"  {table.ljust(width)}  {n:>12,} rows{live}")
+    if result.live_counts is not None:
+        for table in sorted(set(result.live_counts) - set(result.counts)):
+            lines.append(f"  {table.ljust(width)}  {'(no such table)':>17}  live {result.live_counts[table]:,}")
+        if result.ok:
+            lines.append("  same as the live database at that transaction (checksum and row counts)")
+    lines += [f"  difference: {d}" for d in result.differences]
+    return "\n".join(lines)
 
 
 @cli.command()
@@ -251,15 +416,18 @@ def verify(target: str, timestamp: str | None, txid: int | None, replica_name: s
 @click.option("--name", help="A label kept in the snapshot's name, e.g. before-migration; retention keeps it.")
 @click.option("--keep-for", help="With --name: retention keeps it this long (e.g. 90d, 720h), then retires it.")
 @click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds to wait.")
+@click.option("--wait", "wait_listed", is_flag=True,
+              help="Return only once every replica lists the snapshot (not only the spool).")
 @click.option("-c", "--config", "config_path")
+@_progress_option
 @handle_errors
 def snapshot(db: str, urls: tuple[str, ...], name: str | None, keep_for: str | None, timeout: float,
-             config_path: str | None) -> None:
+             wait_listed: bool, config_path: str | None, show_progress: bool | None) -> None:
     """Take a snapshot of DB now (through the running daemon, or by itself if none runs).
 
     The replicas come from the config, or from URLS given after DB.
     """
-    from .daemon_ops import take_snapshot
+    from .daemon_ops import take_snapshot, wait_on_replicas
 
     if name is not None and not layout.SNAPSHOT_NAME.match(name):
         raise ConfigError(f"invalid snapshot name {name!r} (letters, digits, . _ - ; up to 64)")
@@ -277,7 +445,11 @@ def snapshot(db: str, urls: tuple[str, ...], name: str | None, keep_for: str | N
         dbcfg = _find_db(_load_config(config_path, required=False), db)
     if dbcfg is None:
         raise ConfigError(f"no replicas configured for {db}", "pass -c CONFIG or replica URLs after DB")
-    txid = take_snapshot(dbcfg, name, timeout, keep_for_s)
+    started = time.monotonic()
+    with progress.spinner(f"snapshot of {dbcfg.path}", progress.wanted(show_progress)):
+        txid = take_snapshot(dbcfg, name, timeout, keep_for_s)
+        if wait_listed:
+            wait_on_replicas(dbcfg, txid, name, max(0.0, timeout - (time.monotonic() - started)))
     click.echo(f"snapshot of {dbcfg.path} at txid {txid}" + (f" named {name}" if name else ""))
 
 
@@ -285,12 +457,16 @@ def _listing_command(kind: str):
     @click.argument("target")
     @click.option("--replica", "replica_name")
     @click.option("-c", "--config", "config_path")
+    @_json_option
     @handle_errors
-    def command(target: str, replica_name: str | None, config_path: str | None) -> None:
+    def command(target: str, replica_name: str | None, config_path: str | None, as_json: bool) -> None:
         replica, _ = _resolve_replica(target, config_path, replica_name)
         storage: Storage = open_storage(replica)
         listing = layout.parse_listing(storage.list(layout.GENERATIONS))
-        click.echo(format_listing(listing, kind))
+        if as_json:
+            _echo_json(listing_doc(listing, kind))
+        else:
+            click.echo(format_listing(listing, kind))
 
     command.__doc__ = f"List the {kind} a replica holds (TARGET: database path or replica URL)."
     return command
@@ -298,6 +474,26 @@ def _listing_command(kind: str):
 
 def _ms(ms: int | None) -> str:
     return format_timestamp(ms * 1_000_000) if ms is not None else "-"
+
+
+def _ms_or_none(ms: int | None) -> str | None:
+    return format_timestamp(ms * 1_000_000) if ms is not None else None
+
+
+def listing_doc(listing: layout.Listing, kind: str) -> list[dict[str, Any]]:
+    """The rows of format_listing as JSON objects (times RFC 3339, sizes in bytes)."""
+    if kind == "generations":
+        return [{"generation": g.name, "snapshots": len(g.snapshots), "segments": len(g.segments),
+                 "first_txid": g.first_txid, "last_txid": g.last_txid, "start": _ms_or_none(g.start_ms),
+                 "end": _ms_or_none(g.end_ms), "bytes": sum(s.size for s in g.snapshots + g.segments)}  # type: ignore[operator]
+                for g in listing.generations]
+    if kind == "snapshots":
+        return [{"generation": s.generation, "txid": s.txid, "time": _ms_or_none(s.time_ms), "bytes": s.size,
+                 "name": s.name, "kept_until": _ms_or_none(s.keep_until_ms), "key": s.key}
+                for g in listing.generations for s in g.snapshots]
+    return [{"generation": s.generation, "first_txid": s.first_txid, "last_txid": s.last_txid,
+             "start": _ms_or_none(s.t0_ms), "end": _ms_or_none(s.t1_ms), "bytes": s.size, "key": s.key}
+            for g in listing.generations for s in g.segments]
 
 
 def format_listing(listing: layout.Listing, kind: str) -> str:
@@ -333,8 +529,10 @@ for _kind in ("generations", "segments"):
               help="Take the name NAME off its snapshots: retention then retires them like any other.")
 @click.option("--replica", "replica_name")
 @click.option("-c", "--config", "config_path")
+@_json_option
 @handle_errors
-def snapshots(target: str, delete_name: str | None, replica_name: str | None, config_path: str | None) -> None:
+def snapshots(target: str, delete_name: str | None, replica_name: str | None, config_path: str | None,
+              as_json: bool) -> None:
     """List the snapshots a replica holds (TARGET: database path or replica URL)."""
     replica, _ = _resolve_replica(target, config_path, replica_name)
     storage: Storage = open_storage(replica)
@@ -348,7 +546,10 @@ def snapshots(target: str, delete_name: str | None, replica_name: str | None, co
                    "like any other")
         return
     listing = layout.parse_listing(storage.list(layout.GENERATIONS))
-    click.echo(format_listing(listing, "snapshots"))
+    if as_json:
+        _echo_json(listing_doc(listing, "snapshots"))
+    else:
+        click.echo(format_listing(listing, "snapshots"))
 
 
 @cli.command()

@@ -19,6 +19,7 @@ import yaml
 
 from .durations import parse_duration
 from .errors import ConfigError
+from .logs import LEVELS, TYPES, LogSettings
 
 DEFAULT_CONFIG_PATH = "/etc/replicator.yml"
 DEFAULT_RETENTION_S = 720 * 3600.0  # 30 days: the window users expect from Litestream
@@ -86,6 +87,13 @@ class Config:
     dbs: tuple[DbConfig, ...]
     source: str | None = None  # the file it came from, for messages
     exec: str | None = None  # the application `run` starts as its child (`--exec` overrides it)
+    logging: LogSettings = LogSettings()
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every credential the config holds: the log redacts them (logs.py)."""
+        return tuple(v for d in self.dbs for r in d.replicas if r.s3
+                     for v in (r.s3.access_key_id, r.s3.secret_access_key) if v)
 
 
 _TOP_KEYS = {"dbs", "addr", "access-key-id", "secret-access-key", "logging", "log-level",
@@ -108,7 +116,7 @@ _UNSUPPORTED = {
     "age": _ENCRYPTION, "sse-customer-algorithm": _ENCRYPTION, "sse-customer-key": _ENCRYPTION,
     "sse-customer-key-path": _ENCRYPTION, "sse-kms-key-id": _ENCRYPTION,
     "addr": "Prometheus metrics are not served yet; remove the key",
-    "mcp-addr": _NOT_YET, "logging": _NOT_YET, "log-level": _NOT_YET, "snapshot": _NOT_YET,
+    "mcp-addr": _NOT_YET, "snapshot": _NOT_YET,
     "levels": _NOT_YET, "l0-retention": _NOT_YET, "l0-retention-check-interval": _NOT_YET,
     "shutdown-sync-timeout": _NOT_YET, "shutdown-sync-interval": _NOT_YET, "meta-path": _NOT_YET,
     "truncate-page-n": "there is no emergency TRUNCATE checkpoint (docs/design.md 4.4); remove it",
@@ -224,7 +232,35 @@ class _Parser:
             if p in paths[:i]:
                 raise self.fail(f"dbs[{i}].path", f"duplicate database {p}")
         command = self.string(top["exec"], "exec") if top.get("exec") is not None else None
-        return Config(dbs=dbs, source=self.source, exec=command)
+        return Config(dbs=dbs, source=self.source, exec=command,
+                      logging=self.logging(top))
+
+    def logging(self, top: dict[str, Any]) -> LogSettings:
+        """`logging: {level, type, stderr}` (Litestream), or the legacy top-level `log-level`."""
+        fields: dict[str, Any] = {}
+        if "log-level" in top:
+            fields["level"] = self.level(top["log-level"], "log-level")
+        if top.get("logging") is not None:
+            lg = self.mapping(top["logging"], "logging", {"level", "type", "stderr"})
+            if "level" in lg:
+                level = self.level(lg["level"], "logging.level")
+                if fields.get("level", level) != level:
+                    raise self.fail("logging.level", f"contradicts log-level {top['log-level']!r}; keep one")
+                fields["level"] = level
+            if "type" in lg:
+                kind = str(lg["type"]).lower()
+                if kind not in TYPES:
+                    raise self.fail("logging.type", f"expected text or json, got {lg['type']!r}")
+                fields["type"] = kind
+            if "stderr" in lg:
+                fields["stderr"] = self.boolean(lg["stderr"], "logging.stderr")
+        return LogSettings(**fields)
+
+    def level(self, value: Any, key_path: str) -> str:
+        level = str(value).lower() if isinstance(value, str) else None
+        if level not in LEVELS:
+            raise self.fail(key_path, f"expected debug, info, warn or error, got {value!r}")
+        return "warn" if level == "warning" else level
 
     def db(self, raw: Any, kp: str, creds: tuple[str | None, str | None]) -> DbConfig:
         d = self.mapping(raw, kp, _DB_KEYS)

@@ -18,6 +18,29 @@ from .spool import Spool
 from .storage import StorageError, open_storage
 
 ANSWER_MARGIN_S = 5.0  # the socket waits this much past the work's own timeout
+LISTED_POLL_S = 0.05  # between listings while a snapshot the daemon spooled is uploaded
+
+
+def wait_on_replicas(db: DbConfig, txid: int, name: str | None, timeout_s: float) -> None:
+    """Return once every replica lists the snapshot (`snapshot --wait`): a running daemon
+    answers when it is in the spool, and before a migration "taken" must mean "on the
+    replicas"."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    for replica in db.replicas:
+        storage = open_storage(replica)
+        while True:
+            try:
+                listing = layout.parse_listing(storage.list(layout.GENERATIONS))
+            except StorageError:
+                listing = layout.Listing([])  # a replica that is down now may be up by the deadline
+            if any(s.txid == txid and s.name == name for g in listing.generations for s in g.snapshots):
+                break
+            if time.monotonic() >= deadline:
+                raise ReplicatorError(f"snapshot at txid {txid} taken but not on {replica.url} within "
+                                      f"{timeout_s:g}s (it stays in the spool and ships when it can)")
+            time.sleep(LISTED_POLL_S)
 
 
 def take_snapshot(db: DbConfig, name: str | None, timeout_s: float, keep_for_s: float | None = None) -> int:

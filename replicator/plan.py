@@ -14,12 +14,16 @@ from .layout import Generation, Listing, SegmentInfo, SnapshotInfo
 
 @dataclasses.dataclass(frozen=True)
 class Target:
-    """What to restore to: a txid, a time (ns since epoch), or neither for the latest."""
+    """What to restore to: a txid, a time (ns since epoch), a named snapshot's state, or
+    none of them for the latest."""
 
     txid: int | None = None
     time_ns: int | None = None
+    snapshot: str | None = None  # `snapshot --name`: exactly that snapshot's state
 
     def describe(self) -> str:
+        if self.snapshot is not None:
+            return f"snapshot {self.snapshot}"
         if self.txid is not None:
             return f"txid {self.txid}"
         if self.time_ns is not None:
@@ -36,6 +40,11 @@ class Plan:
     stop_time_ns: int | None  # ...and only those observed at or before this time
     expected_txid: int | None  # known from names for txid/latest targets
 
+    @property
+    def download_bytes(self) -> int:
+        """What the restore downloads (compressed object sizes)."""
+        return self.snapshot.size + sum(s.size for s in self.segments)
+
 
 def _restorable(listing: Listing) -> list[Generation]:
     return [g for g in listing.generations if g.snapshots]
@@ -49,6 +58,9 @@ def plan_restore(listing: Listing, target: Target, now_ns: int | None = None) ->
     gens = _restorable(listing)
     if not gens:
         raise NothingToRestore("replica holds no snapshot: nothing to restore")
+    if target.snapshot is not None:
+        snap = _named_snapshot(gens, target.snapshot)
+        return Plan(snap.generation, snap, (), snap.txid, None, snap.txid)
     if target.txid is not None:
         gen = _generation_for_txid(gens, target.txid)
         retired = gen.retired_upto
@@ -72,6 +84,16 @@ def plan_restore(listing: Listing, target: Target, now_ns: int | None = None) ->
     segments = _chain(gen, snapshot.txid, end_txid, target.time_ns)
     expected = None if target.time_ns is not None else end_txid
     return Plan(gen.name, snapshot, tuple(segments), end_txid, target.time_ns, expected)
+
+
+def _named_snapshot(gens: list[Generation], name: str) -> SnapshotInfo:
+    """The newest snapshot carrying `name` (a name given twice is the newer's)."""
+    named = [s for g in gens for s in g.snapshots if s.name == name]
+    if named:
+        return max(named, key=lambda s: s.txid)
+    names = sorted({s.name for g in gens for s in g.snapshots if s.name})
+    raise RestoreError(f"no snapshot named {name!r}",
+                       "names: " + ", ".join(names) if names else "the replica holds no named snapshot")
 
 
 def _generation_for_txid(gens: list[Generation], txid: int) -> Generation:

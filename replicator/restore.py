@@ -13,9 +13,10 @@ import dataclasses
 import logging
 import os
 import secrets
+import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import apsw
 
@@ -25,7 +26,7 @@ from .errors import CorruptObject, OutputExists, RestoreError
 from .layout import SegmentInfo
 from .plan import Plan, Target, plan_restore
 from .prefetch import prefetch
-from .segment import SnapshotReader, Transaction, decode_segment
+from .segment import HEADER_SIZE, SnapshotReader, Transaction, decode_segment, parse_header
 from .storage import NotFound, Storage, StorageError
 from .storage.file import fsync_dir
 
@@ -37,6 +38,38 @@ DEFAULT_PARALLELISM = 8  # concurrent segment downloads; decoding releases the G
 # hostile or broken replica's, refused before the file is extended to it or hashed.
 MAX_HOLE_PAGES = 1024
 NEW_FILE_MODE = 0o600  # a restore holds a whole database: owner-only unless it replaces one
+
+# (bytes done, bytes total) of the objects a restore downloads; called from worker threads.
+# The CLI draws a progress bar with it: the library itself stays free of any UI.
+Progress = Callable[[int, int], None]
+
+
+class _Tally:
+    """Adds up downloaded bytes (from several threads) and reports them."""
+
+    def __init__(self, total: int, report: Progress | None):
+        self.total, self.done, self._report = total, 0, report
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        if self._report is None or not n:
+            return
+        with self._lock:
+            self.done += n
+            done = self.done
+        self._report(done, self.total)
+
+
+class _CountingReader:
+    """A snapshot stream that tells the tally how much of it has been read."""
+
+    def __init__(self, f: BinaryIO, tally: _Tally):
+        self._f, self._tally = f, tally
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        self._tally.add(len(data))
+        return data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,13 +83,16 @@ class RestoreResult:
     snapshot_key: str
     segments: int
     seconds: float
+    db_checksum: int = 0  # the database checksum the restored file was proven against
 
 
 def restore(storage: Storage, output: str | os.PathLike, target: Target = Target(), *,
             force: bool = False, parallelism: int = DEFAULT_PARALLELISM, verify: bool = True,
-            now_ns: Callable[[], int] = time.time_ns, mode: int | None = None) -> RestoreResult:
+            now_ns: Callable[[], int] = time.time_ns, mode: int | None = None,
+            progress: Progress | None = None) -> RestoreResult:
     """`mode`: the restored file's permission bits (default: those of the file it replaces,
-    else NEW_FILE_MODE: a copy of a 0600 database must not appear world-readable)."""
+    else NEW_FILE_MODE: a copy of a 0600 database must not appear world-readable).
+    `progress`: called with (bytes downloaded, bytes to download) from worker threads."""
     started = time.monotonic()
     out = Path(output)
     if out.exists() and not force:
@@ -71,7 +107,7 @@ def restore(storage: Storage, output: str | os.PathLike, target: Target = Target
             listing = layout.parse_listing(storage.list(layout.GENERATIONS))
             plan = plan_restore(listing, target, now_ns())
             try:
-                result = _apply(storage, plan, tmp, parallelism)
+                result = _apply(storage, plan, tmp, parallelism, _Tally(plan.download_bytes, progress))
                 break
             except NotFound as err:
                 # The compactor merged or retired an object of the plan since the listing:
@@ -93,18 +129,50 @@ def restore(storage: Storage, output: str | os.PathLike, target: Target = Target
         fsync_dir(out.parent)
     finally:
         tmp.unlink(missing_ok=True)
-    txid, time_ns, size, ps, _ = result
+    txid, time_ns, size, ps, checksum = result
     return RestoreResult(str(out), plan.generation, txid, time_ns, size, ps, plan.snapshot.key,
-                         len(plan.segments), time.monotonic() - started)
+                         len(plan.segments), time.monotonic() - started, checksum)
 
 
-def _segments_newest_first(storage: Storage, segments: tuple[SegmentInfo, ...],
-                           parallelism: int) -> Iterator[tuple[SegmentInfo, int, list[Transaction]]]:
+@dataclasses.dataclass(frozen=True)
+class Preview:
+    """What a restore would download and the transaction it would land on (`--dry-run`)."""
+
+    plan: Plan
+    txid: int
+    time_ns: int
+
+
+def preview(storage: Storage, target: Target = Target(), *,
+            now_ns: Callable[[], int] = time.time_ns) -> Preview:
+    """Plan a restore and find exactly where it lands, writing nothing: a LIST, then the
+    segments at the end of the chain (usually one) or the snapshot's header."""
+    plan = plan_restore(layout.parse_listing(storage.list(layout.GENERATIONS)), target, now_ns())
+    try:
+        for info in reversed(plan.segments):
+            for tx in reversed(decode_segment(storage.get(info.key), info.key)[1]):
+                if plan.stop_txid is not None and tx.txid > plan.stop_txid:
+                    continue
+                if plan.stop_time_ns is not None and tx.time_ns > plan.stop_time_ns:
+                    continue
+                if tx.txid > plan.snapshot.txid:
+                    return Preview(plan, tx.txid, tx.time_ns)
+        with storage.open(plan.snapshot.key, 0, HEADER_SIZE) as f:
+            header = parse_header(f.read(HEADER_SIZE), plan.snapshot.key)
+    except StorageError as err:
+        raise RestoreError(f"cannot read replica: {err}") from None
+    return Preview(plan, plan.snapshot.txid, header.first_time_ns)
+
+
+def _segments_newest_first(storage: Storage, segments: tuple[SegmentInfo, ...], parallelism: int,
+                           tally: _Tally | None = None) -> Iterator[tuple[SegmentInfo, int, list[Transaction]]]:
     """Download and decode in parallel, yielding (info, page size, transactions) in reverse
     order with a bounded window."""
 
     def fetch(info: SegmentInfo) -> tuple[int, list[Transaction]]:
         data = storage.get(info.key)
+        if tally is not None:
+            tally.add(len(data))
         header, txs = decode_segment(data, info.key)
         if header.generation != info.generation or (header.first_txid, header.last_txid) != (
                 info.first_txid, info.last_txid):
@@ -167,7 +235,8 @@ def build_image(storage: Storage, plan: Plan, path: Path, parallelism: int = DEF
         raise RestoreError(f"cannot read replica: {err}") from None
 
 
-def _apply(storage: Storage, plan: Plan, tmp: Path, parallelism: int) -> tuple[int, int, int, int, int]:
+def _apply(storage: Storage, plan: Plan, tmp: Path, parallelism: int,
+           tally: _Tally | None = None) -> tuple[int, int, int, int, int]:
     snap = plan.snapshot
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     out = _Output(fd)
@@ -175,7 +244,7 @@ def _apply(storage: Storage, plan: Plan, tmp: Path, parallelism: int) -> tuple[i
         final: Transaction | None = None
         cut = 0  # smallest db size from here to the target: older pages past it are dead
         seg_ps = None
-        for info, page_size, txs in _segments_newest_first(storage, plan.segments, parallelism):
+        for info, page_size, txs in _segments_newest_first(storage, plan.segments, parallelism, tally):
             if seg_ps is not None and page_size != seg_ps:
                 raise CorruptObject(info.key, f"page size {page_size} where the others have {seg_ps}")
             seg_ps = page_size
@@ -194,7 +263,7 @@ def _apply(storage: Storage, plan: Plan, tmp: Path, parallelism: int) -> tuple[i
                         out.write(pgno, page, len(page))
         with storage.open(snap.key) as f:
             size = storage.stat(snap.key).size
-            reader = SnapshotReader(f, snap.key, size)
+            reader = SnapshotReader(_CountingReader(f, tally) if tally is not None else f, snap.key, size)
             ps = reader.header.page_size
             if seg_ps is not None and seg_ps != ps:
                 raise CorruptObject(snap.key, f"page size {ps} where its segments have {seg_ps}")

@@ -4,7 +4,9 @@ traceback; listing and restore commands against a replica written by the real re
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -397,3 +399,149 @@ def test_snapshot_keep_for_and_deleting_a_name(tmp_path):
 def test_keep_for_needs_a_name(tmp_path):
     result = invoke("snapshot", tmp_path / "app.db", f"file://{tmp_path}/r", "--keep-for", "90d")
     assert result.exit_code == 2 and "--keep-for goes with --name" in result.output
+
+
+# -- runbook verbs: restore --snapshot / --dry-run, --json, progress, verify's row counts ---
+
+
+@pytest.fixture(scope="module")
+def named(tmp_path_factory) -> Populated:
+    """A replica with a snapshot named pre-migration, then two more commits after it."""
+    from replicator.daemon_ops import take_snapshot
+
+    d = tmp_path_factory.mktemp("named")
+    db, replica = d / "app.db", d / "replica"
+    conn = apsw.Connection(str(db))
+    list(conn.execute("pragma journal_mode=wal; create table t(x); insert into t values ('before')"))
+    cfg = DbConfig(path=str(db), replicas=(ReplicaConfig(name="file", url=f"file://{replica}", type="file",
+                                                         path=str(replica)),))
+    take_snapshot(cfg, "pre-migration", 30)
+    rows = conn.execute("select rowid, x from t order by rowid").fetchall()
+    list(conn.execute("insert into t values ('after'); insert into t values ('after 2')"))
+    take_snapshot(cfg, None, 30)
+    conn.close()
+    return Populated(db, replica, "", rows)
+
+
+def test_restore_a_named_snapshot(named, tmp_path):
+    out = tmp_path / "o.db"
+    result = invoke("restore", "--snapshot", "pre-migration", "-o", out, named.url)
+    assert result.exit_code == 0, result.output
+    assert read_rows(out) == named.rows  # exactly its state, not the latest
+    latest = tmp_path / "latest.db"
+    assert invoke("restore", "-o", latest, named.url).exit_code == 0
+    assert len(read_rows(latest)) == 3
+
+
+def test_an_unknown_snapshot_name_lists_the_names(named, tmp_path):
+    line = error_line(invoke("restore", "--snapshot", "pre-migraton", "-o", tmp_path / "o.db", named.url))
+    assert line == "error: no snapshot named 'pre-migraton' (names: pre-migration)"
+    assert not (tmp_path / "o.db").exists()
+    line = error_line(invoke("restore", "--snapshot", "x", "--txid", "3", "-o", tmp_path / "o.db", named.url))
+    assert "--txid or --snapshot, not both" in line
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(populated, tmp_path):
+    out = tmp_path / "o.db"
+    text = invoke("restore", "--dry-run", "-o", out, populated.url)
+    assert text.exit_code == 0, text.output
+    assert "lands on  txid 4 (" in text.stdout and "snapshot  generations/" in text.stdout
+    doc = json.loads(invoke("restore", "--dry-run", "--json", populated.url, "--txid", "3").stdout)
+    assert doc["txid"] == 3 and doc["generation"] == populated.generation and doc["output"] is None
+    assert doc["bytes"] == doc["snapshot"]["bytes"] + sum(s["bytes"] for s in doc["segments"])
+    assert not out.exists() and os.listdir(tmp_path) == []
+    done = invoke("restore", "--json", "-o", out, populated.url, "--txid", "3")
+    assert json.loads(done.stdout)["txid"] == 3 and len(read_rows(out)) == 2
+
+
+@pytest.mark.parametrize("kind", ["generations", "snapshots", "segments"])
+def test_listing_commands_as_json(populated, kind):
+    result = invoke(kind, "--json", populated.url)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert rows and all(r["generation"] == populated.generation for r in rows)
+    if kind == "snapshots":
+        assert rows[0]["txid"] == 1 and rows[0]["bytes"] > 0 and rows[0]["time"].endswith("Z")
+    elif kind == "segments":
+        assert rows[-1]["last_txid"] == 4
+    else:
+        assert (rows[0]["first_txid"], rows[0]["last_txid"]) == (1, 4)
+
+
+def test_verify_prints_row_counts_and_json(populated):
+    result = invoke("verify", populated.url)
+    assert result.exit_code == 0, result.output
+    assert "checksum " in result.stdout and "integrity_check ok" in result.stdout
+    assert re.search(r"^  t\s+3 rows$", result.stdout, re.M), result.stdout
+    doc = json.loads(invoke("verify", "--json", populated.url).stdout)
+    assert doc["ok"] is True and doc["tables"] == {"t": 3} and doc["txid"] == 4 and doc["live_tables"] is None
+
+
+def test_verify_needs_a_target_or_a_config():
+    assert "verify needs TARGET" in error_line(invoke("verify"), code=2)
+
+
+def test_progress_only_when_asked_off_a_terminal(populated, tmp_path):
+    quiet = invoke("restore", "-o", tmp_path / "a.db", populated.url)
+    assert quiet.exit_code == 0 and quiet.stderr == ""  # not a terminal: silence
+    shown = invoke("restore", "--progress", "-o", tmp_path / "b.db", populated.url)
+    assert shown.exit_code == 0, shown.output
+    total = sum(p.stat().st_size for p in populated.replica.glob("generations/*/*/*.zst"))
+    assert "restore" in shown.stderr and f"{total}/{total} bytes" in shown.stderr, shown.stderr
+
+
+def test_the_restore_library_reports_bytes(populated, tmp_path):
+    from replicator.restore import restore
+    from replicator.storage import open_storage
+
+    seen: list[tuple[int, int]] = []
+    restore(open_storage(populated.url), tmp_path / "o.db", progress=lambda d, t: seen.append((d, t)))
+    total = sum(p.stat().st_size for p in populated.replica.glob("generations/*/*/*.zst"))
+    assert seen[-1] == (total, total) and all(t == total for _, t in seen)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_exe_logs_json_lines_from_the_config(tmp_path):
+    db, replica = tmp_path / "app.db", tmp_path / "replica"
+    conn = apsw.Connection(str(db))
+    list(conn.execute("pragma journal_mode=wal; create table t(x)"))
+    conn.close()
+    cfg = tmp_path / "r.yml"
+    cfg.write_text(f"logging: {{type: json, level: info}}\ndbs:\n  - path: {db}\n    replicas:\n"
+                   f"      - url: file://{replica}\n")
+    proc = subprocess.Popen([str(EXE), "run", "-c", str(cfg)], stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    first: list[dict] = []
+    try:
+        while len(first) < 10 and not any(d["msg"].startswith("replicating ") for d in first):
+            first.append(json.loads(proc.stderr.readline()))  # the daemon's first lines come at once
+    finally:
+        proc.terminate()
+        rest = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 0
+    assert any(d["msg"] == f"replicating {db} to file://{replica}" for d in first), first
+    assert all(set(d) == {"ts", "level", "logger", "msg"} for d in first)
+    assert all(json.loads(line)["level"] in ("info", "debug") for line in rest.splitlines())
+
+
+def test_snapshot_from_a_config_without_a_daemon_then_restore_it(tmp_path):
+    db, replica = tmp_path / "app.db", tmp_path / "replica"
+    conn = apsw.Connection(str(db))
+    list(conn.execute("pragma journal_mode=wal; create table t(x); insert into t values ('kept')"))
+    cfg = write_config(tmp_path / "c.yml", f"dbs:\n- path: {db}\n  replicas:\n  - url: file://{replica}\n")
+    taken = invoke("snapshot", "-c", cfg, "--name", "pre-migration", db)
+    assert taken.exit_code == 0 and "named pre-migration" in taken.stdout, taken.output
+    list(conn.execute("drop table t"))
+    conn.close()
+    listed = json.loads(invoke("snapshots", "--json", "-c", cfg, db).stdout)
+    named = [s for s in listed if s["name"] == "pre-migration"]  # beside the generation's first
+    assert len(named) == 1 and named[0]["bytes"] > 0 and named[0]["time"].endswith("Z")
+    done = invoke("restore", "-c", cfg, "--snapshot", "pre-migration", "-o", db, "--force", db)
+    assert done.exit_code == 0, done.output
+    assert read_rows(db) == [(1, "kept")]
+
+
+def test_verify_config_with_an_unknown_replica_name(tmp_path):
+    cfg = write_config(tmp_path / "c.yml", f"dbs:\n- path: {tmp_path}/a.db\n  replicas:\n"
+                                           f"  - url: file://{tmp_path}/r\n")
+    assert "no replica named 'nope'" in error_line(invoke("verify", "-c", cfg, "--replica", "nope"), code=2)

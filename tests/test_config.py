@@ -270,7 +270,7 @@ def test_file_replicas_and_defaults(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("text, where, why", [
-    ("logging: {level: debug}\n", "logging", "does not implement yet"),
+    ("mcp-addr: ':3001'\n", "mcp-addr", "does not implement yet"),
     ("addr: 127.0.0.1:9090\n", "addr", "metrics are not served yet"),
     ("dbs:\n- path: /a.db\n  meta-path: /x\n  replicas: [{url: file:///b}]", "dbs[0].meta-path", "does not implement"),
     ("dbs:\n- path: /a.db\n  max-checkpoint-page-count: 10000\n  replicas: [{url: file:///b}]",
@@ -347,3 +347,42 @@ def test_a_config_holding_secrets_readable_by_others_is_warned_about(tmp_path, c
     lines = [r.getMessage() for r in caplog.records if "readable by others" in r.getMessage()]
     assert bool(lines) == warned
     assert all("wJalrXUtnFEMI" not in line for line in lines)  # the warning names no secret
+
+
+# -- logging (Litestream's keys and the legacy log-level) ---------------------------------
+
+_DBS = "dbs: [{path: /a.db, replicas: [{url: file:///b}]}]\n"
+
+
+@pytest.mark.parametrize("text, want", [
+    ("", ("info", "text", True)),
+    ("logging: {level: debug, type: json, stderr: false}\n", ("debug", "json", False)),
+    ("logging: {level: WARN}\n", ("warn", "text", True)),
+    ("log-level: error\n", ("error", "text", True)),
+    ("log-level: warning\nlogging: {level: warn, type: JSON}\n", ("warn", "json", True)),
+])
+def test_logging_keys(text, want):
+    lg = parse(_DBS + text, environ={}).logging
+    assert (lg.level, lg.type, lg.stderr) == want
+
+
+@pytest.mark.parametrize("text, where", [
+    ("logging: {level: loud}\n", "logging.level: expected debug, info, warn or error"),
+    ("log-level: 3\n", "log-level: expected debug, info, warn or error"),
+    ("logging: {type: xml}\n", "logging.type: expected text or json"),
+    ("logging: {stderr: yes please}\n", "logging.stderr: expected true or false"),
+    ("logging: {color: true}\n", "logging.color: unknown key"),
+    ("logging: debug\n", "logging: expected a mapping"),
+    ("log-level: info\nlogging: {level: debug}\n", "logging.level: contradicts log-level"),
+])
+def test_bad_logging_values_name_the_key(text, where):
+    with pytest.raises(ConfigError) as e:
+        parse(_DBS + text, environ={})
+    assert where in str(e.value)
+
+
+def test_the_configs_credentials_are_known_to_the_log_redaction():
+    cfg = parse("access-key-id: AKIATOP\nsecret-access-key: top-secret\n"
+                "dbs: [{path: /a.db, replicas: [{url: s3://b/a}, {url: s3://b/c, secret-access-key: own},"
+                " {url: file:///d}]}]\n", environ={})
+    assert set(cfg.secrets) == {"AKIATOP", "top-secret", "own"}

@@ -238,3 +238,22 @@ def test_describe():
     assert Target().describe() == "latest"
     assert Target(txid=5).describe() == "txid 5"
     assert Target(time_ns=1_250 * MS).describe() == "1970-01-01T00:00:01.250Z"
+
+
+def test_a_named_snapshot_is_restored_exactly():
+    """The newest snapshot with the name, alone: none of the segments after it."""
+    g1, g2 = "20261101T000000000Z-aaaaaa", "20261102T000000000Z-bbbbbb"
+    keys = [snapshot_key(g1, 1, 1000 * MS), snapshot_key(g1, 5, 2000 * MS, "pre-migration"),
+            segment_key(g1, 2, 9, 1500 * MS, 3000 * MS), snapshot_key(g2, 10, 4000 * MS),
+            snapshot_key(g2, 12, 5000 * MS, "pre-migration"), snapshot_key(g2, 13, 6000 * MS, "other"),
+            segment_key(g2, 11, 20, 4500 * MS, 7000 * MS)]
+    listing = parse_listing(ObjectInfo(k, 100) for k in keys)
+    plan = plan_restore(listing, Target(snapshot="pre-migration"))
+    assert (plan.generation, plan.snapshot.txid, plan.segments) == (g2, 12, ())
+    assert plan.stop_txid == plan.expected_txid == 12 and plan.download_bytes == 100
+    with pytest.raises(RestoreError) as e:
+        plan_restore(listing, Target(snapshot="nope"))
+    assert str(e.value) == "no snapshot named 'nope' (names: other, pre-migration)"
+    unnamed = parse_listing([ObjectInfo(snapshot_key(g1, 1, 1000 * MS), 1)])
+    with pytest.raises(RestoreError, match="the replica holds no named snapshot"):
+        plan_restore(unnamed, Target(snapshot="nope"))
