@@ -117,7 +117,12 @@ def _run_daemon(config: Config, supervised: bool, config_path: str | None = None
 
     _setup_logging(False, config)
     check_paths(config)
-    load = (lambda: config_mod.load(config_path)) if config_path else None
+    def reload_config() -> Config:
+        cfg = config_mod.load(str(config_path))
+        _setup_logging(False, cfg)  # a reload may change `logging:` (and the secrets to redact)
+        return cfg
+
+    load = reload_config if config_path else None
     with daemon_signals(reload=(signal.SIGHUP,) if load else ()) as signals:
         daemon = Daemon(config, supervised=supervised, notifier=Notifier.from_environ(os.environ),
                         restore_missing=restore_missing)
