@@ -35,7 +35,7 @@ from . import faults
 from .dbhash import DbChecksum
 from .errors import SpoolError
 from .storage.base import ObjectInfo, StorageError
-from .storage.file import FileStorage, fsync_dir
+from .storage.file import FileStorage, create_exclusive, fsync_dir
 from .tail import Position
 
 _LEN = struct.Struct("<II")  # payload length, crc32
@@ -83,7 +83,7 @@ class Spool:
         # Not fsynced per batch: sync() makes them durable before any frame they hold may
         # leave the WAL (design 5a).
         self.objects = IndexedObjects(FileStorage(self.dir / "objects", url=f"spool:{self.dir}",
-                                                  durable=False))
+                                                  durable=False, file_mode=spool_mode(db_path) & 0o666))
         self.state_dir = self.dir / "state"
         self.boot = boot_id() if boot is None else boot
         self._lock_fd = -1
@@ -168,9 +168,9 @@ class Spool:
         meta = self._meta(state.generation, state.pos, state.checksum) | {
             "log_id": log_id, "boot": self.boot, "db_ident": list(state.db_ident) if state.db_ident else None}
         payload = self._frame(json.dumps(meta).encode()) + self._frame(state.checksum.hashes.tobytes())
-        tmp = self.state_dir / "base.bin.tmp"
+        tmp = self.state_dir / f"base.bin.tmp-{secrets.token_hex(4)}"
         try:
-            with open(tmp, "wb") as f:
+            with create_exclusive(tmp, spool_mode(self.db_path) & 0o666) as f:
                 f.write(payload)
                 f.flush()
                 os.fsync(f.fileno())
@@ -179,7 +179,9 @@ class Spool:
                     os.close(self._log_fd)
                     self._log_fd = -1
                 os.replace(tmp, self.state_dir / "base.bin")
-                fd = os.open(self.state_dir / "log.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+                fd = os.open(self.state_dir / "log.bin",
+                             os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_NOFOLLOW,
+                             spool_mode(self.db_path) & 0o666)
                 header = self._frame(self._frame(json.dumps({"log_id": log_id}).encode()))
                 os.write(fd, header)
                 os.fsync(fd)
@@ -190,6 +192,8 @@ class Spool:
             fsync_dir(self.state_dir)
         except OSError as err:
             raise SpoolError(f"cannot write the tail state in {self.state_dir}: {err.strerror}") from None
+        finally:
+            tmp.unlink(missing_ok=True)  # gone already once renamed
 
     def append(self, generation: str, pos: Position, checksum: DbChecksum, changed: set[int],
                embed: list[tuple[str, bytes]] | None = None) -> bool:

@@ -206,3 +206,30 @@ def test_the_spool_is_no_more_readable_than_the_database(tmp_path, db_mode, spoo
     finally:
         os.umask(old)
     assert os.stat(s.dir).st_mode & 0o777 == spool_mode
+
+
+def test_spool_files_take_the_database_mode_and_temp_files_refuse_symlinks(tmp_path):
+    """A 0600 database's spooled objects and tail state are 0600 too; a temp name planted as
+    a symlink is never written through."""
+    import stat as stat_mod
+
+    from replicator.storage.file import create_exclusive
+
+    db = tmp_path / "app.db"
+    db.write_bytes(b"")
+    os.chmod(db, 0o600)
+    spool = Spool(str(db))
+    assert spool.try_lock()
+    try:
+        spool.objects.put("generations/g/x", b"pages")
+        files = [p for p in spool.dir.rglob("*") if p.is_file() and p.name != "lock"]
+        assert files and all(stat_mod.S_IMODE(p.stat().st_mode) & 0o077 == 0 for p in files)
+    finally:
+        spool.unlock()
+    target = tmp_path / "victim"
+    target.write_text("keep")
+    link = tmp_path / "planted"
+    link.symlink_to(target)
+    with pytest.raises(FileExistsError):
+        create_exclusive(link)
+    assert target.read_text() == "keep"

@@ -10,11 +10,10 @@ import contextlib
 import errno
 import fcntl
 import hashlib
-import itertools
 import os
 import shutil
 import threading
-import uuid
+import secrets
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
@@ -30,7 +29,13 @@ from .base import (
 
 _COPY_CHUNK = 1 << 20  # 1 MiB: large enough for sequential throughput, small for memory
 _TMP_PREFIX = ".tmp-"
-_TMP_TOKEN = uuid.uuid4().hex[:8]  # per process; a counter makes each temp name unique
+_TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+def create_exclusive(path: str | os.PathLike, mode: int = 0o666) -> BinaryIO:
+    """A new file opened for writing that cannot be a planted symlink or an existing file
+    (O_EXCL|O_NOFOLLOW); `mode` is filtered by the umask as usual."""
+    return os.fdopen(os.open(path, _TMP_FLAGS, mode), "wb")
 
 
 def fsync_dir(path: Path) -> None:
@@ -55,9 +60,11 @@ class FileStorage:
 
     conditional_writes = True  # link(2) and an flock'd compare-and-swap (local filesystems)
 
-    def __init__(self, root: str | os.PathLike, url: str | None = None, durable: bool = True):
+    def __init__(self, root: str | os.PathLike, url: str | None = None, durable: bool = True,
+                 file_mode: int = 0o666):
         """durable=False skips fsyncs; the owner must call sync() before relying on the data
-        surviving a power loss (the spool does, before each checkpoint)."""
+        surviving a power loss (the spool does, before each checkpoint). `file_mode`: new
+        objects' permission bits before the umask (the spool passes its database's)."""
         self.root = Path(root)
         self.url = url or f"file://{self.root}"
         self.durable = durable
@@ -65,7 +72,7 @@ class FileStorage:
         self._unsynced_lock = threading.Lock()
         self._root = str(self.root)
         self._dirs: set[str] = set()  # directories known to exist (see _tmp_name)
-        self._tmp_ids = itertools.count()
+        self.file_mode = file_mode
 
     def _path(self, key: str) -> Path:
         return Path(self._spath(key))
@@ -83,7 +90,7 @@ class FileStorage:
         if parent not in self._dirs:
             os.makedirs(parent, exist_ok=True)
             self._dirs.add(parent)
-        return f"{parent}/{_TMP_PREFIX}{name}.{_TMP_TOKEN}-{next(self._tmp_ids)}"
+        return f"{parent}/{_TMP_PREFIX}{name}.{secrets.token_hex(8)}"
 
     def _write_tmp(self, path: str, data: bytes | BinaryIO) -> str:
         try:
@@ -95,7 +102,7 @@ class FileStorage:
     def _write_tmp_once(self, path: str, data: bytes | BinaryIO) -> str:
         tmp = self._tmp_name(path)
         try:
-            with open(tmp, "wb") as out:
+            with create_exclusive(tmp, self.file_mode) as out:
                 if isinstance(data, (bytes, bytearray, memoryview)):
                     out.write(data)
                 else:
@@ -201,7 +208,7 @@ class FileStorage:
         path = self._path(key)
         tmp = Path(self._tmp_name(str(path)))
         try:
-            with open(tmp, "wb") as out:
+            with create_exclusive(tmp, self.file_mode) as out:
                 yield out
                 out.flush()
                 os.fsync(out.fileno())
