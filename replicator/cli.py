@@ -102,6 +102,20 @@ def _resolve_replica(target: str, config_path: str | None, replica_name: str | N
                       "names: " + ", ".join(r.name for r in db.replicas))
 
 
+def _age_identity_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--age-identity", "age_identities", multiple=True, metavar="FILE",
+                        help="An age identity file to decrypt an encrypted replica (repeatable).")(fn)
+
+
+def _with_identities(replica: ReplicaConfig, files: tuple[str, ...]) -> ReplicaConfig:
+    """The replica with --age-identity files as its age identities (recipients kept)."""
+    if not files:
+        return replica
+    texts = tuple(config_mod.read_age_identity_file(f) for f in files)
+    recipients = replica.age.recipients if replica.age else ()
+    return config_mod.dataclasses.replace(replica, age=config_mod.AgeConfig(identities=texts, recipients=recipients))
+
+
 def _run_daemon(config: Config, supervised: bool, config_path: str | None = None,
                 exec_command: str | None = None, restore_missing: bool = False) -> None:
     """The daemon in the foreground until a signal (or --exec's child) stops it. With a
@@ -183,10 +197,11 @@ def _adhoc_db(db: str, urls: tuple[str, ...], must_exist: bool = True) -> DbConf
 @click.option("--parallelism", type=click.IntRange(1, 64), default=8, show_default=True)
 @click.option("--replica", "replica_name", help="Which of the database's replicas (by name).")
 @click.option("-c", "--config", "config_path", help="Config file (to look up a database's replicas).")
+@_age_identity_option
 @handle_errors
 def restore(target: str, output: str | None, timestamp: str | None, txid: int | None,
             if_db_not_exists: bool, if_replica_exists: bool, force: bool, parallelism: int,
-            replica_name: str | None, config_path: str | None) -> None:
+            replica_name: str | None, config_path: str | None, age_identities: tuple[str, ...] = ()) -> None:
     """Restore TARGET (a database path or a replica URL) as of a point in time."""
     from .restore import restore as do_restore
 
@@ -197,6 +212,7 @@ def restore(target: str, output: str | None, timestamp: str | None, txid: int | 
     except ValueError as err:
         raise ConfigError(str(err)) from None
     replica, db = _resolve_replica(target, config_path, replica_name)
+    replica = _with_identities(replica, age_identities)
     if output is None:
         if db is None:
             raise ConfigError("restoring from a replica URL needs -o OUTPUT")
@@ -226,9 +242,10 @@ def restore(target: str, output: str | None, timestamp: str | None, txid: int | 
 @click.option("--txid", type=int)
 @click.option("--replica", "replica_name")
 @click.option("-c", "--config", "config_path")
+@_age_identity_option
 @handle_errors
 def verify(target: str, timestamp: str | None, txid: int | None, replica_name: str | None,
-           config_path: str | None) -> None:
+           config_path: str | None, age_identities: tuple[str, ...] = ()) -> None:
     """Restore to a temporary file and prove it (checksum + integrity_check)."""
     import tempfile
 
@@ -238,7 +255,7 @@ def verify(target: str, timestamp: str | None, txid: int | None, replica_name: s
         time_ns = parse_timestamp(timestamp) if timestamp else None
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    replica, _ = _resolve_replica(target, config_path, replica_name)
+    replica = _with_identities(_resolve_replica(target, config_path, replica_name)[0], age_identities)
     with tempfile.TemporaryDirectory(prefix="replicator-verify-") as d:
         result = do_restore(open_storage(replica), Path(d) / "verify.db", Target(txid, time_ns))
     click.echo(f"ok: {replica.url} restores to txid {result.txid} "
@@ -285,9 +302,11 @@ def _listing_command(kind: str):
     @click.argument("target")
     @click.option("--replica", "replica_name")
     @click.option("-c", "--config", "config_path")
+    @_age_identity_option
     @handle_errors
-    def command(target: str, replica_name: str | None, config_path: str | None) -> None:
-        replica, _ = _resolve_replica(target, config_path, replica_name)
+    def command(target: str, replica_name: str | None, config_path: str | None,
+                age_identities: tuple[str, ...] = ()) -> None:
+        replica = _with_identities(_resolve_replica(target, config_path, replica_name)[0], age_identities)
         storage: Storage = open_storage(replica)
         listing = layout.parse_listing(storage.list(layout.GENERATIONS))
         click.echo(format_listing(listing, kind))
@@ -333,10 +352,12 @@ for _kind in ("generations", "segments"):
               help="Take the name NAME off its snapshots: retention then retires them like any other.")
 @click.option("--replica", "replica_name")
 @click.option("-c", "--config", "config_path")
+@_age_identity_option
 @handle_errors
-def snapshots(target: str, delete_name: str | None, replica_name: str | None, config_path: str | None) -> None:
+def snapshots(target: str, delete_name: str | None, replica_name: str | None, config_path: str | None,
+              age_identities: tuple[str, ...] = ()) -> None:
     """List the snapshots a replica holds (TARGET: database path or replica URL)."""
-    replica, _ = _resolve_replica(target, config_path, replica_name)
+    replica = _with_identities(_resolve_replica(target, config_path, replica_name)[0], age_identities)
     storage: Storage = open_storage(replica)
     if delete_name is not None:
         from .compactor import forget_name

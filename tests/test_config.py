@@ -278,9 +278,9 @@ def test_file_replicas_and_defaults(tmp_path, monkeypatch):
     ("dbs:\n- path: /a.db\n  replicas: [{url: file:///b, validation-interval: 6h}]",
      "dbs[0].replicas[0].validation-interval", "does not implement"),
     ("dbs:\n- path: /a.db\n  replicas: [{url: file:///b, age: {recipients: [x]}}]",
-     "dbs[0].replicas[0].age", "written in plaintext"),
-    ("dbs:\n- path: /a.db\n  replicas: [{url: s3://b/p, sse-kms-key-id: k}]",
-     "dbs[0].replicas[0].sse-kms-key-id", "written in plaintext"),
+     "dbs[0].replicas[0].age.recipients[0]", "neither an age recipient"),
+    ("dbs:\n- path: /a.db\n  replicas: [{url: file:///b, sse-kms-key-id: k}]",
+     "dbs[0].replicas[0].sse-kms-key-id", "server-side encryption is for s3 replicas"),
 ])
 def test_litestream_keys_not_implemented_are_refused_naming_the_key(text, where, why):
     """Never accepted and ignored: a user who configured encryption must not get plaintext."""
