@@ -82,6 +82,36 @@ def _classify(code: str, status: int | None) -> tuple[type[StorageError], str, b
     return Permanent, f"request rejected ({tag})", False
 
 
+class _Redact(logging.Filter):
+    """botocore logs each request at DEBUG, signed headers and all: an SSE-C key would be
+    in them. Every botocore logger gets this filter, which cuts the keys out of records."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def add(self, key: bytes) -> None:
+        import base64
+
+        self.secrets |= {base64.b64encode(key).decode(), key.hex(), repr(key)[2:-1]}
+        for name in list(logging.root.manager.loggerDict):
+            if name.split(".")[0] in ("botocore", "boto3", "s3transfer", "urllib3"):
+                logger = logging.getLogger(name)
+                if self not in logger.filters:
+                    logger.addFilter(self)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if any(secret in text for secret in self.secrets):
+            for secret in self.secrets:
+                text = text.replace(secret, "***")
+            record.msg, record.args = text, ()
+        return True
+
+
+_REDACT = _Redact()
+
+
 class _Body(io.RawIOBase):
     """A botocore StreamingBody whose read errors arrive as StorageErrors."""
 
@@ -200,6 +230,8 @@ class S3Storage:
                 aws_secret_access_key=options.secret_access_key or None)
         except (bce.BotoCoreError, ValueError) as err:
             raise Permanent(f"{self.url}: invalid S3 configuration ({type(err).__name__})") from None
+        if options.sse_customer_key:
+            _REDACT.add(options.sse_customer_key)  # after the client: its modules' loggers exist
 
     # -- error handling -------------------------------------------------------------------
 
