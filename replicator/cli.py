@@ -107,6 +107,20 @@ def _resolve_replica(target: str, config_path: str | None, replica_name: str | N
                       "names: " + ", ".join(r.name for r in db.replicas))
 
 
+def _age_identity_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--age-identity", "age_identities", multiple=True, metavar="FILE",
+                        help="An age identity file to decrypt an encrypted replica (repeatable).")(fn)
+
+
+def _with_identities(replica: ReplicaConfig, files: tuple[str, ...]) -> ReplicaConfig:
+    """The replica with --age-identity files as its age identities (recipients kept)."""
+    if not files:
+        return replica
+    texts = tuple(config_mod.read_age_identity_file(f) for f in files)
+    recipients = replica.age.recipients if replica.age else ()
+    return config_mod.dataclasses.replace(replica, age=config_mod.AgeConfig(identities=texts, recipients=recipients))
+
+
 def _run_daemon(config: Config, supervised: bool, config_path: str | None = None,
                 exec_command: str | None = None, restore_missing: bool = False) -> None:
     """The daemon in the foreground until a signal (or --exec's child) stops it. With a
@@ -225,15 +239,18 @@ def _target(timestamp: str | None, txid: int | None, snapshot_name: str | None =
 @click.option("-c", "--config", "config_path", help="Config file (to look up a database's replicas).")
 @_json_option
 @_progress_option
+@_age_identity_option
 @handle_errors
 def restore(target: str, output: str | None, timestamp: str | None, txid: int | None, snapshot_name: str | None,
             if_db_not_exists: bool, if_replica_exists: bool, force: bool, dry_run: bool, parallelism: int,
-            replica_name: str | None, config_path: str | None, as_json: bool, show_progress: bool | None) -> None:
+            replica_name: str | None, config_path: str | None, as_json: bool, show_progress: bool | None,
+            age_identities: tuple[str, ...] = ()) -> None:
     """Restore TARGET (a database path or a replica URL) as of a point in time."""
     from .restore import preview, restore as do_restore
 
     point = _target(timestamp, txid, snapshot_name)
     replica, db = _resolve_replica(target, config_path, replica_name)
+    replica = _with_identities(replica, age_identities)
     if output is None and db is not None:
         output = db.path
     if output is None and not dry_run:
@@ -310,9 +327,11 @@ def _print_preview(url: str, output: str | None, seen: Any, as_json: bool) -> No
               help="Without TARGET: verify every replica of every database of this config.")
 @_json_option
 @_progress_option
+@_age_identity_option
 @handle_errors
 def verify(target: str | None, timestamp: str | None, txid: int | None, against: str | None, timeout: float,
-           replica_name: str | None, config_path: str | None, as_json: bool, show_progress: bool | None) -> None:
+           replica_name: str | None, config_path: str | None, as_json: bool, show_progress: bool | None,
+           age_identities: tuple[str, ...] = ()) -> None:
     """Restore to a temporary file and prove it: checksum, integrity_check, rows per table.
 
     Without TARGET, every replica of every database in the config (-c) is verified, and each
@@ -331,7 +350,7 @@ def verify(target: str | None, timestamp: str | None, txid: int | None, against:
             raise ConfigError("--against goes with TARGET (with -c, every database is its own)")
         _verify_config(config_mod.load(config_path), point, replica_name, as_json, show_progress)
         return
-    replica, _ = _resolve_replica(target, config_path, replica_name)
+    replica = _with_identities(_resolve_replica(target, config_path, replica_name)[0], age_identities)
     with progress.bar("verify", progress.wanted(show_progress)) as report:
         result = do_verify(open_storage(replica), replica.url, point,
                            against=str(Path(against).absolute()) if against else None,
@@ -463,9 +482,11 @@ def _listing_command(kind: str):
     @click.option("--replica", "replica_name")
     @click.option("-c", "--config", "config_path")
     @_json_option
+    @_age_identity_option
     @handle_errors
-    def command(target: str, replica_name: str | None, config_path: str | None, as_json: bool) -> None:
-        replica, _ = _resolve_replica(target, config_path, replica_name)
+    def command(target: str, replica_name: str | None, config_path: str | None, as_json: bool,
+                age_identities: tuple[str, ...] = ()) -> None:
+        replica = _with_identities(_resolve_replica(target, config_path, replica_name)[0], age_identities)
         storage: Storage = open_storage(replica)
         listing = layout.parse_listing(storage.list(layout.GENERATIONS))
         if as_json:
@@ -535,11 +556,12 @@ for _kind in ("generations", "segments"):
 @click.option("--replica", "replica_name")
 @click.option("-c", "--config", "config_path")
 @_json_option
+@_age_identity_option
 @handle_errors
 def snapshots(target: str, delete_name: str | None, replica_name: str | None, config_path: str | None,
-              as_json: bool) -> None:
+              as_json: bool, age_identities: tuple[str, ...] = ()) -> None:
     """List the snapshots a replica holds (TARGET: database path or replica URL)."""
-    replica, _ = _resolve_replica(target, config_path, replica_name)
+    replica = _with_identities(_resolve_replica(target, config_path, replica_name)[0], age_identities)
     storage: Storage = open_storage(replica)
     if delete_name is not None:
         from .compactor import forget_name

@@ -27,7 +27,7 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-from . import faults, layout, lease
+from . import faults, layout, lease, replica_meta
 from .errors import CorruptObject, ReplicatorError
 from .plan import Plan
 from .restore import build_image
@@ -107,8 +107,16 @@ class Compactor:
     def _pass(self, dry_run: bool) -> PassSummary:
         started = time.monotonic()
         summary = PassSummary(self.storage.url, dry_run=dry_run)
+        if not dry_run:
+            replica_meta.check_writable(self.storage)  # never mixes plaintext and ciphertext
         plan, summary.objects_before = self.plan()
         summary.earliest_ns = plan.earliest_ns
+        if not replica_meta.can_decrypt(self.storage) and not plan.empty:
+            # Recipients only: deletions need no key, merges and snapshots read bodies.
+            if plan.merges or plan.syntheses or plan.covered:
+                log.info("compact %s: no age identity, so deletions only (merges and snapshots "
+                         "need one)", self.storage.url)
+            plan = dataclasses.replace(plan, merges=(), syntheses=(), covered=())
         if dry_run:
             summary.deleted, summary.deleted_bytes = len(plan.deletions), plan.deleted_bytes
             summary.merged_inputs = sum(len(m.inputs) for m in plan.merges) + sum(len(c.covered) for c in plan.covered)
@@ -255,6 +263,7 @@ def forget_name(storage: Storage, name: str, owner: str | None = None) -> list[s
     compactor's lease (nothing else deletes meanwhile). Returns the keys deleted."""
     held = lease.acquire(storage, owner or owner_id(), LEASE_TTL_S, key=layout.COMPACTOR_LEASE, role="compactor")
     try:
+        replica_meta.check_writable(storage)
         listing = layout.parse_listing(storage.list(layout.GENERATIONS))
         named = [s for g in listing.generations for s in g.snapshots if s.name == name]
         have = {s.key for g in listing.generations for s in g.snapshots}

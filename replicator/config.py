@@ -49,6 +49,20 @@ class S3Options:
     secret_access_key: str | None = dataclasses.field(default=None, repr=False)
     part_size: int = 16 << 20
     concurrency: int = 4
+    # Server-side encryption (Litestream 0.5's keys): SSE-C sends this 256-bit key with every
+    # PUT, GET and HEAD; SSE-KMS names the key S3 encrypts new objects with.
+    sse_customer_key: bytes | None = dataclasses.field(default=None, repr=False)
+    sse_customer_algorithm: str = "AES256"
+    sse_kms_key_id: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class AgeConfig:
+    """Client-side encryption (Litestream 0.3's `age`): key texts, files already read.
+    Writers need recipients only; restore, verify and the compactor's merges an identity."""
+
+    identities: tuple[str, ...] = dataclasses.field(default=(), repr=False)
+    recipients: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +83,7 @@ class ReplicaConfig:
     keep: tuple[tuple[str, int], ...] = ()
     snapshot_interval_s: float = DEFAULT_SNAPSHOT_INTERVAL_S
     sync_interval_s: float = DEFAULT_FILE_SYNC_INTERVAL_S
+    age: AgeConfig | None = None  # client-side encryption of every object (storage/crypt.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,8 +107,18 @@ class Config:
     @property
     def secrets(self) -> tuple[str, ...]:
         """Every credential the config holds: the log redacts them (logs.py)."""
-        return tuple(v for d in self.dbs for r in d.replicas if r.s3
-                     for v in (r.s3.access_key_id, r.s3.secret_access_key) if v)
+        out: list[str] = []
+        for d in self.dbs:
+            for r in d.replicas:
+                if r.s3:
+                    out += [v for v in (r.s3.access_key_id, r.s3.secret_access_key) if v]
+                    if r.s3.sse_customer_key:
+                        import base64
+
+                        out.append(base64.b64encode(r.s3.sse_customer_key).decode())
+                if r.age:
+                    out += list(r.age.identities)
+        return tuple(out)
 
 
 _TOP_KEYS = {"dbs", "addr", "access-key-id", "secret-access-key", "logging", "log-level",
@@ -110,11 +135,8 @@ _REPLICA_KEYS = {"url", "type", "name", "path", "bucket", "region", "endpoint", 
                  "keep-hourly", "keep-daily", "keep-weekly", "keep-monthly", "keep-yearly"}
 # Litestream keys this version knows but does not implement: refused with a reason, never
 # accepted and ignored (a user who configured encryption must not get plaintext replicas).
-_ENCRYPTION = "encryption is not implemented yet: the replica would be written in plaintext; remove the key"
 _NOT_YET = "a Litestream key this version does not implement yet; remove it"
 _UNSUPPORTED = {
-    "age": _ENCRYPTION, "sse-customer-algorithm": _ENCRYPTION, "sse-customer-key": _ENCRYPTION,
-    "sse-customer-key-path": _ENCRYPTION, "sse-kms-key-id": _ENCRYPTION,
     "addr": "Prometheus metrics are not served yet; remove the key",
     "mcp-addr": _NOT_YET, "snapshot": _NOT_YET,
     "levels": _NOT_YET, "l0-retention": _NOT_YET, "l0-retention-check-interval": _NOT_YET,
@@ -125,6 +147,8 @@ _UNSUPPORTED = {
     "watch": _NOT_YET,
 }
 log = logging.getLogger(__name__)
+_SSE_KEYS = ("sse-customer-algorithm", "sse-customer-key", "sse-customer-key-path", "sse-kms-key-id")
+SSE_C_KEY_BYTES = 32  # SSE-C takes AES-256 keys only
 _ENV = re.compile(r"\$(\{(\w+)\}|(\w+))")
 
 
@@ -337,8 +361,14 @@ class _Parser:
             overrides["secret_access_key"] = r.get("secret-access-key") or s3.secret_access_key or creds[1]
             if s3.endpoint is None and overrides.get("endpoint") and "force-path-style" not in r:
                 overrides["force_path_style"] = True  # S3-compatible stores rarely do virtual hosts
+            overrides.update(self.sse(r, kp))
             fields["s3"] = dataclasses.replace(s3, **overrides)
             fields.setdefault("sync_interval_s", DEFAULT_S3_SYNC_INTERVAL_S)
+        elif any(k in r for k in _SSE_KEYS):
+            key = next(k for k in _SSE_KEYS if k in r)
+            raise self.fail(f"{kp}.{key}", "server-side encryption is for s3 replicas; use age for this one")
+        if "age" in r:
+            fields["age"] = self.age(r["age"], f"{kp}.age")
         if isinstance(r.get("retention"), dict):
             ret = self.mapping(r["retention"], f"{kp}.retention", {"enabled", "duration"})
             if "enabled" in ret:
@@ -361,6 +391,89 @@ class _Parser:
         name = r.get("name")
         fields["name"] = self.string(name, f"{kp}.name") if name is not None else (rtype if index == 0 else f"{rtype}{index}")
         return ReplicaConfig(type=rtype, **fields)
+
+
+    def sse(self, r: dict[str, Any], kp: str) -> dict[str, Any]:
+        """SSE-C (a base64 256-bit key, inline or in a file) or SSE-KMS; never echoes a key."""
+        out: dict[str, Any] = {}
+        if "sse-customer-key" in r and "sse-customer-key-path" in r:
+            raise self.fail(f"{kp}.sse-customer-key-path", "give sse-customer-key or sse-customer-key-path, not both")
+        raw, where = None, None
+        if "sse-customer-key" in r:
+            where = f"{kp}.sse-customer-key"
+            raw = r["sse-customer-key"]
+            if not isinstance(raw, str) or not raw:
+                raise self.fail(where, "expected a base64-encoded 256-bit key (empty: an unset $VAR?)")
+        elif "sse-customer-key-path" in r:
+            where = f"{kp}.sse-customer-key-path"
+            path = os.path.expanduser(self.string(r["sse-customer-key-path"], where))
+            try:
+                raw = Path(path).read_text().strip()
+            except OSError as err:
+                raise self.fail(where, f"cannot read {path}: {err.strerror}") from None
+        if raw is not None:
+            import base64
+            import binascii
+
+            try:
+                key = base64.b64decode(raw.strip(), validate=True)
+            except (binascii.Error, ValueError):
+                key = b""
+            if len(key) != SSE_C_KEY_BYTES:
+                raise self.fail(where, "not a base64-encoded 256-bit key (e.g. `openssl rand -base64 32`)")
+            out["sse_customer_key"] = key
+        if "sse-customer-algorithm" in r:
+            algo = self.string(r["sse-customer-algorithm"], f"{kp}.sse-customer-algorithm")
+            if algo != "AES256":
+                raise self.fail(f"{kp}.sse-customer-algorithm", f"{algo!r} is not supported (S3 takes AES256)")
+            if raw is None:
+                raise self.fail(f"{kp}.sse-customer-algorithm", "needs sse-customer-key or sse-customer-key-path")
+        if "sse-kms-key-id" in r:
+            if raw is not None:
+                raise self.fail(f"{kp}.sse-kms-key-id", "give SSE-C (sse-customer-key) or SSE-KMS, not both")
+            out["sse_kms_key_id"] = self.string(r["sse-kms-key-id"], f"{kp}.sse-kms-key-id")
+        return out
+
+    def age(self, raw: Any, kp: str) -> AgeConfig:
+        a = self.mapping(raw, kp, {"identities", "recipients"})
+        ids = self.age_keys(a.get("identities", []), f"{kp}.identities", identity=True)
+        recips = self.age_keys(a.get("recipients", []), f"{kp}.recipients", identity=False)
+        if not ids and not recips:
+            raise self.fail(kp, "give recipients (to write) and/or identities (to read)")
+        return AgeConfig(identities=ids, recipients=recips)
+
+    def age_keys(self, raw: Any, kp: str, identity: bool) -> tuple[str, ...]:
+        """Each entry is key text (Litestream 0.3's form, $VAR expanded) or a file holding it."""
+        if not isinstance(raw, list):
+            raise self.fail(kp, "expected a list")
+        return tuple(age_key_text(v, f"{kp}[{i}]", identity, self.fail) for i, v in enumerate(raw))
+
+
+def age_key_text(value: Any, where: str, identity: bool,
+                 fail: Callable[[str, str], Exception] = lambda w, m: ConfigError(f"{w}: {m}")) -> str:
+    """An age key (or several) given inline or as a file path, checked; the text it holds.
+    Errors never echo an identity."""
+    from .storage.crypt import parse_identities, parse_recipients
+
+    parse = parse_identities if identity else parse_recipients
+    what = "identity" if identity else "recipient"
+    if not isinstance(value, str) or not value.strip():
+        raise fail(where, f"expected an age {what} or a file holding one (empty: an unset $VAR?)")
+    text = value
+    if not value.lstrip().startswith(("AGE-SECRET-KEY-", "age1", "#")):
+        path = os.path.expanduser(value.strip())
+        try:
+            text = Path(path).read_text()
+        except OSError as err:
+            if identity:
+                raise fail(where, f"neither an age identity (AGE-SECRET-KEY-1...) nor a readable file "
+                                  f"({err.strerror})") from None
+            raise fail(where, f"{value!r} is neither an age recipient (age1...) nor a readable file") from None
+    try:
+        parse(text)
+    except ValueError as err:
+        raise fail(where, f"age {what}: {err}") from None
+    return text
 
 
 def replica_from_url(url: str, error: Callable[[str], Exception] | None = None) -> ReplicaConfig:
@@ -394,3 +507,18 @@ def _without_credentials(url: str, parsed) -> str:
         return url
     return url.replace(parsed.netloc, "***@" + parsed.netloc.rpartition("@")[2], 1)
 
+
+
+def read_age_identity_file(path: str) -> str:
+    """`--age-identity FILE`: the file's identities, checked (a key is never taken inline on
+    a command line, where other users' `ps` would show it)."""
+    where = f"--age-identity {path}"
+    try:
+        text = Path(os.path.expanduser(path)).read_text()
+    except OSError as err:
+        raise ConfigError(f"{where}: cannot read it: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: not an age identity file (not text)") from None
+    if not text.strip():
+        raise ConfigError(f"{where}: the file is empty")
+    return age_key_text("# " + path + "\n" + text, where, identity=True)

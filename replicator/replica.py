@@ -9,7 +9,6 @@ Any exception, a bug included, fails the round (retried with backoff), never the
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -17,7 +16,7 @@ import threading
 import time
 from typing import Callable
 
-from . import layout, lease, segment
+from . import layout, lease, replica_meta, segment
 from .config import ReplicaConfig
 from .errors import LeaseHeld
 from .layout import SegmentInfo, SnapshotInfo
@@ -392,11 +391,7 @@ class Shipper:
     def _write_meta(self) -> None:
         if self._meta_written:
             return
-        try:
-            self.storage.stat(layout.REPLICA_META)
-        except StorageError:
-            meta = {"format_version": segment.FORMAT_VERSION, "db": os.path.basename(self.db_name)}
-            self.storage.put(layout.REPLICA_META, json.dumps(meta).encode())
+        replica_meta.ensure(self.storage, self.db_name)  # refuses a replica encrypted otherwise
         self._meta_written = True
 
 

@@ -20,7 +20,7 @@ from typing import BinaryIO, Callable, Iterator
 
 import apsw
 
-from . import layout
+from . import layout, replica_meta
 from .dbhash import page_hash
 from .errors import CorruptObject, OutputExists, RestoreError
 from .layout import SegmentInfo
@@ -99,6 +99,7 @@ def restore(storage: Storage, output: str | os.PathLike, target: Target = Target
         raise OutputExists(f"output file {out} already exists", "use --force to overwrite it")
     if not out.parent.is_dir():
         raise RestoreError(f"output directory {out.parent} does not exist")
+    replica_meta.check_readable(storage)  # a missing or needless age identity: one line
     if mode is None:
         mode = (out.stat().st_mode & 0o7777) if out.exists() else NEW_FILE_MODE
     tmp = out.with_name(f".{out.name}.restoring-{secrets.token_hex(8)}")

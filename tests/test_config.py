@@ -278,9 +278,9 @@ def test_file_replicas_and_defaults(tmp_path, monkeypatch):
     ("dbs:\n- path: /a.db\n  replicas: [{url: file:///b, validation-interval: 6h}]",
      "dbs[0].replicas[0].validation-interval", "does not implement"),
     ("dbs:\n- path: /a.db\n  replicas: [{url: file:///b, age: {recipients: [x]}}]",
-     "dbs[0].replicas[0].age", "written in plaintext"),
-    ("dbs:\n- path: /a.db\n  replicas: [{url: s3://b/p, sse-kms-key-id: k}]",
-     "dbs[0].replicas[0].sse-kms-key-id", "written in plaintext"),
+     "dbs[0].replicas[0].age.recipients[0]", "neither an age recipient"),
+    ("dbs:\n- path: /a.db\n  replicas: [{url: file:///b, sse-kms-key-id: k}]",
+     "dbs[0].replicas[0].sse-kms-key-id", "server-side encryption is for s3 replicas"),
 ])
 def test_litestream_keys_not_implemented_are_refused_naming_the_key(text, where, why):
     """Never accepted and ignored: a user who configured encryption must not get plaintext."""
@@ -386,3 +386,34 @@ def test_the_configs_credentials_are_known_to_the_log_redaction():
                 "dbs: [{path: /a.db, replicas: [{url: s3://b/a}, {url: s3://b/c, secret-access-key: own},"
                 " {url: file:///d}]}]\n", environ={})
     assert set(cfg.secrets) == {"AKIATOP", "top-secret", "own"}
+
+
+def test_s3_server_side_encryption_keys(tmp_path):
+    import base64
+
+    key = os.urandom(32)
+    b64 = base64.b64encode(key).decode()
+    base = "dbs:\n- path: /a.db\n  replicas:\n  - url: s3://b/p\n"
+    r = parse(base + "    sse-customer-key: $K\n", environ={"K": b64}).dbs[0].replicas[0]
+    assert (r.s3.sse_customer_key, r.s3.sse_customer_algorithm) == (key, "AES256")
+    assert b64 not in repr(r) and repr(key) not in repr(r)
+    path = tmp_path / "sse.key"
+    path.write_text(b64 + "\n")
+    r = parse(base + f"    sse-customer-key-path: {path}\n    sse-customer-algorithm: AES256\n", environ={}).dbs[0].replicas[0]
+    assert r.s3.sse_customer_key == key
+    r = parse(base + "    sse-kms-key-id: alias/backups\n", environ={}).dbs[0].replicas[0]
+    assert r.s3.sse_kms_key_id == "alias/backups" and r.s3.sse_customer_key is None
+    short = base64.b64encode(b"0123456789").decode()
+    for extra, where, why in [
+        (f"    sse-customer-key: {short}\n", "sse-customer-key", "not a base64-encoded 256-bit key"),
+        ("    sse-customer-key: ''\n", "sse-customer-key", "unset $VAR"),
+        (f"    sse-customer-key: {b64}\n    sse-customer-key-path: {path}\n", "sse-customer-key-path", "not both"),
+        ("    sse-customer-key-path: /no/such/key\n", "sse-customer-key-path", "cannot read"),
+        (f"    sse-customer-key: {b64}\n    sse-customer-algorithm: AES128\n", "sse-customer-algorithm", "not supported"),
+        ("    sse-customer-algorithm: AES256\n", "sse-customer-algorithm", "needs sse-customer-key"),
+        (f"    sse-customer-key: {b64}\n    sse-kms-key-id: k\n", "sse-kms-key-id", "not both"),
+    ]:
+        with pytest.raises(ConfigError) as e:
+            parse(base + extra, environ={})
+        assert f"dbs[0].replicas[0].{where}: " in str(e.value) and why in str(e.value), str(e.value)
+        assert b64 not in str(e.value) and short not in str(e.value)

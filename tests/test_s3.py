@@ -330,3 +330,73 @@ def test_every_injected_fault_is_transient(moto_server, make_bucket, fault_proxy
         assert_no_secrets(info.value, opts)
         assert str(info.value).startswith("s3://"), info.value
     assert storage.stat("k").size == 20_000
+
+
+# -- server-side encryption ------------------------------------------------------------------
+
+
+def _record_requests(storage: S3Storage) -> list[tuple[str, dict[str, str]]]:
+    """(operation, headers) of every request the client sends, as sent."""
+    seen: list[tuple[str, dict[str, str]]] = []
+
+    def hook(request: object, event_name: str, **_: object) -> None:
+        headers = {k: v.decode() if isinstance(v, bytes) else v
+                   for k, v in request.headers.items()}  # type: ignore[attr-defined]
+        seen.append((event_name.rsplit(".", 1)[-1], headers))
+
+    storage._client.meta.events.register("before-send.s3", hook)
+    return seen
+
+
+def _exercise(storage: S3Storage) -> None:
+    storage.put("a", b"small")
+    storage.put("big", io.BytesIO(os.urandom(11 * MIB)))  # multipart: 3 parts of 5 MiB
+    storage.put_if_absent("lease", b"{}")
+    assert storage.get("a") == b"small"
+    with storage.open("a", 1, 3) as f:
+        assert f.read() == b"mal"
+    assert len(storage.get("big")) == 11 * MIB
+    assert storage.stat("a").size == 5
+
+
+def test_sse_c_key_goes_with_every_object_request_and_never_into_logs(moto_server, make_bucket, caplog):
+    import base64
+    import hashlib
+    import logging
+
+    key = os.urandom(32)
+    storage = S3Storage(make_bucket(moto_server, sse_customer_key=key, part_size=5 * MIB))
+    seen = _record_requests(storage)
+    caplog.set_level(logging.DEBUG)
+    _exercise(storage)
+    md5 = base64.b64encode(hashlib.md5(key).digest()).decode()
+    body_ops = {"PutObject", "GetObject", "HeadObject", "CreateMultipartUpload", "UploadPart",
+                "CompleteMultipartUpload"}
+    ops = {op for op, _ in seen}
+    assert body_ops <= ops
+    for op, headers in seen:
+        if op in body_ops:
+            assert headers.get("x-amz-server-side-encryption-customer-algorithm") == "AES256", op
+            assert headers.get("x-amz-server-side-encryption-customer-key-MD5") == md5, op
+    secret = base64.b64encode(key).decode()
+    assert secret not in caplog.text and key.hex() not in caplog.text
+    assert "sse_customer_key" not in repr(storage) and secret not in repr(make_bucket)
+
+
+def test_sse_kms_key_id_goes_with_every_write(moto_server, make_bucket):
+    import boto3
+
+    kms = boto3.client("kms", endpoint_url=moto_server.endpoint, region_name=moto_server.region,
+                       aws_access_key_id=moto_server.access_key, aws_secret_access_key=moto_server.secret_key)
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    opts = make_bucket(moto_server, sse_kms_key_id=key_id, part_size=5 * MIB)
+    storage = S3Storage(opts)
+    seen = _record_requests(storage)
+    _exercise(storage)
+    for op, headers in seen:
+        writes = op in ("PutObject", "CreateMultipartUpload")
+        assert (headers.get("x-amz-server-side-encryption-aws-kms-key-id") == key_id) == writes, op
+    client = moto_server.client()
+    for name in ("a", "big", "lease"):
+        head = client.head_object(Bucket=opts.bucket, Key=f"{opts.prefix}/{name}")
+        assert (head["ServerSideEncryption"], head["SSEKMSKeyId"]) == ("aws:kms", key_id), name

@@ -22,7 +22,8 @@ from .retry import RetryingStorage
 
 
 def open_storage(replica: ReplicaConfig | str, retry: bool = True) -> Storage:
-    """The backend for a replica (or URL), wrapped with retry for transient errors."""
+    """The backend for a replica (or URL), wrapped with retry for transient errors and, with
+    `age` configured, outside that with encryption (retries resend the same ciphertext)."""
     if isinstance(replica, str):
         if replica.startswith("memory://"):
             return MemoryStorage(replica)
@@ -37,4 +38,9 @@ def open_storage(replica: ReplicaConfig | str, retry: bool = True) -> Storage:
         backend = S3Storage(replica.s3)
     else:  # config validation makes this unreachable
         raise Permanent(f"unsupported replica type {replica.type!r}")
-    return RetryingStorage(backend) if retry else backend
+    storage = RetryingStorage(backend) if retry else backend
+    if replica.age is not None:
+        from .crypt import AgeStorage
+
+        storage = AgeStorage(storage, replica.age.recipients, replica.age.identities)
+    return storage

@@ -82,6 +82,36 @@ def _classify(code: str, status: int | None) -> tuple[type[StorageError], str, b
     return Permanent, f"request rejected ({tag})", False
 
 
+class _Redact(logging.Filter):
+    """botocore logs each request at DEBUG, signed headers and all: an SSE-C key would be
+    in them. Every botocore logger gets this filter, which cuts the keys out of records."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def add(self, key: bytes) -> None:
+        import base64
+
+        self.secrets |= {base64.b64encode(key).decode(), key.hex(), repr(key)[2:-1]}
+        for name in list(logging.root.manager.loggerDict):
+            if name.split(".")[0] in ("botocore", "boto3", "s3transfer", "urllib3"):
+                logger = logging.getLogger(name)
+                if self not in logger.filters:
+                    logger.addFilter(self)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if any(secret in text for secret in self.secrets):
+            for secret in self.secrets:
+                text = text.replace(secret, "***")
+            record.msg, record.args = text, ()
+        return True
+
+
+_REDACT = _Redact()
+
+
 class _Body(io.RawIOBase):
     """A botocore StreamingBody whose read errors arrive as StorageErrors."""
 
@@ -164,6 +194,16 @@ class S3Storage:
         self._part_size = max(options.part_size, 5 << 20)  # S3's minimum for all but the last part
         self._concurrency = max(1, options.concurrency)
         self.conditional_writes = True  # until the store answers a conditional PUT with 501
+        # SSE-C goes with every request that reads or writes an object's bytes (PUT, GET,
+        # HEAD, parts); SSE-KMS only with the writes (S3 rejects its headers on a GET).
+        self._sse_read: dict[str, Any] = {}
+        self._sse_write: dict[str, Any] = {}
+        if options.sse_customer_key:
+            self._sse_read = {"SSECustomerAlgorithm": options.sse_customer_algorithm,
+                              "SSECustomerKey": options.sse_customer_key}  # raw: botocore encodes it
+            self._sse_write = dict(self._sse_read)
+        elif options.sse_kms_key_id:
+            self._sse_write = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": options.sse_kms_key_id}
         if bool(options.access_key_id) != bool(options.secret_access_key):
             raise Permanent(f"{self.url}: access key id and secret access key must be given together")
         read_timeout = read_timeout_s()
@@ -190,6 +230,8 @@ class S3Storage:
                 aws_secret_access_key=options.secret_access_key or None)
         except (bce.BotoCoreError, ValueError) as err:
             raise Permanent(f"{self.url}: invalid S3 configuration ({type(err).__name__})") from None
+        if options.sse_customer_key:
+            _REDACT.add(options.sse_customer_key)  # after the client: its modules' loggers exist
 
     # -- error handling -------------------------------------------------------------------
 
@@ -240,7 +282,7 @@ class S3Storage:
     def _put_object(self, key: str, data: bytes, **conditions: str) -> str:
         with self._errors(key):
             return self._client.put_object(Bucket=self._bucket, Key=self._full(key), Body=data,
-                                           **conditions)["ETag"]
+                                           **conditions, **self._sse_write)["ETag"]
 
     def put(self, key: str, data: bytes | BinaryIO) -> None:
         """Bytes and streams that fit one part: one PUT. Longer streams: parallel multipart."""
@@ -263,14 +305,15 @@ class S3Storage:
         """
         full = self._full(key)
         with self._errors(key):
-            upload_id = self._client.create_multipart_upload(Bucket=self._bucket, Key=full)["UploadId"]
+            upload_id = self._client.create_multipart_upload(Bucket=self._bucket, Key=full,
+                                                           **self._sse_write)["UploadId"]
         slots = threading.Semaphore(self._concurrency + 1)
         failed = threading.Event()
 
         def upload(number: int, body: bytes) -> dict[str, Any]:
             try:
                 etag = self._client.upload_part(Bucket=self._bucket, Key=full, UploadId=upload_id,
-                                                PartNumber=number, Body=body)["ETag"]
+                                                PartNumber=number, Body=body, **self._sse_read)["ETag"]
                 return {"PartNumber": number, "ETag": etag}
             except BaseException:
                 failed.set()
@@ -299,7 +342,7 @@ class S3Storage:
                         del body  # the pool holds the only reference until the part is sent
                 parts = [f.result() for f in futures]
                 self._client.complete_multipart_upload(Bucket=self._bucket, Key=full, UploadId=upload_id,
-                                                       MultipartUpload={"Parts": parts})
+                                                       MultipartUpload={"Parts": parts}, **self._sse_read)
         except BaseException:
             with contextlib.suppress(Exception):
                 self._client.abort_multipart_upload(Bucket=self._bucket, Key=full, UploadId=upload_id)
@@ -338,7 +381,7 @@ class S3Storage:
 
     def get_with_etag(self, key: str) -> tuple[bytes, str]:
         with self._errors(key):
-            resp = self._client.get_object(Bucket=self._bucket, Key=self._full(key))
+            resp = self._client.get_object(Bucket=self._bucket, Key=self._full(key), **self._sse_read)
             return resp["Body"].read(), resp["ETag"]
 
     def open(self, key: str, offset: int = 0, length: int | None = None) -> BinaryIO:
@@ -351,7 +394,8 @@ class S3Storage:
             kwargs["Range"] = f"bytes={offset}-{'' if length is None else offset + length - 1}"
         with self._errors(key):
             try:
-                resp = self._client.get_object(Bucket=self._bucket, Key=self._full(key), **kwargs)
+                resp = self._client.get_object(Bucket=self._bucket, Key=self._full(key), **kwargs,
+                                               **self._sse_read)
             except bce.ClientError as err:
                 if err.response.get("Error", {}).get("Code") != "InvalidRange":
                     raise
@@ -361,7 +405,7 @@ class S3Storage:
     def stat(self, key: str) -> ObjectInfo:
         """HEAD has no error body, so a missing bucket also reads as NotFound here."""
         with self._errors(key):
-            resp = self._client.head_object(Bucket=self._bucket, Key=self._full(key))
+            resp = self._client.head_object(Bucket=self._bucket, Key=self._full(key), **self._sse_read)
         return ObjectInfo(key, resp["ContentLength"], resp.get("ETag"))
 
     def list(self, prefix: str = "", start_after: str | None = None) -> Iterator[ObjectInfo]:
