@@ -127,8 +127,10 @@ def test_sigkill_inside_checkpoints_snapshots_and_the_spool(tmp_path: Path, poin
     config = tmp_path / "r.yml"
     config.write_text(f"dbs:\n  - path: {db}\n    min-checkpoint-page-count: 64\n    replicas:\n"
                       f"      - url: file://{replica}\n        snapshot-interval: 1s\n")
-    ops = 900
-    writer = start_writer(db, ops, SEED, "--pause-every", "10", "--pause-ms", "10")
+    # Slow enough that the writer outlasts three starts and crashes on a loaded machine: a
+    # replicator whose writer has finished never reaches its crash point again.
+    ops = 1200
+    writer = start_writer(db, ops, SEED, "--pause-every", "10", "--pause-ms", "40")
     reported: list[int] = []
     for i in range(3):
         log = tmp_path / f"replicator-{i}.log"
