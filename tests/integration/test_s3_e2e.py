@@ -50,6 +50,7 @@ def write_config(path: Path, db: Path, opts: S3Options, *, top_level_credentials
     replica.update(replica_keys)
     top["dbs"] = [{"path": str(db), "replicas": [replica]}]
     path.write_text(yaml.safe_dump(top, sort_keys=False))
+    path.chmod(0o600)  # it holds credentials: readable by others, the commands warn about it
     return path
 
 
