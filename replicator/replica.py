@@ -194,10 +194,12 @@ class Shipper:
         if txid >= self.acked[1]:
             self.acked = (info.generation, txid, max(time_ns, self.acked[2]))
 
-    def status(self, current_txid: int = 0, now_ns: int | None = None) -> ReplicaStatus:
+    def status(self, current_txid: int = 0, now_ns: int | None = None, spool_owned: bool = True) -> ReplicaStatus:
         """This replica as operators see it. `current_txid` is the newest transaction seen
-        in the WAL: below it the replica lags by the age of the oldest commit it lacks."""
-        todo = self.pending()
+        in the WAL: below it the replica lags by the age of the oldest commit it lacks.
+        Without `spool_owned` the spool is not looked at: its index may be built only by
+        the process that holds the spool's lock (spool.IndexedObjects)."""
+        todo = self.pending() if spool_owned else []
         with self.lock:
             generation, txid, commit_ns = self.acked
             errors = dict(self.errors)

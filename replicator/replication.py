@@ -460,7 +460,7 @@ class DbReplicator:
             last_checkpoint_seconds=cp.last_seconds, snapshots=self.snapshots_taken,
             last_snapshot_time=ns_to_s(self.last_snapshot_ns),
             last_error=redact(str(self.error) if self.error is not None else None, self._secrets()),
-            replicas=tuple(s.status(txid, now_ns) for s in self.shippers))
+            replicas=tuple(s.status(txid, now_ns, spool_owned=self._locked) for s in self.shippers))
 
     def _secrets(self) -> list[str | None]:
         return [x for r in self.cfg.replicas if r.s3 is not None

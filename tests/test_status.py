@@ -115,3 +115,24 @@ def test_snapshot_moves_the_snapshot_time(tmp_path):
         rep.stop()
         rep.join()
         conn.close()
+
+
+def test_status_before_the_spool_is_ours_does_not_look_into_it(tmp_path):
+    """Supervised start keeps retrying while another process holds the spool: a scrape
+    meanwhile must not build the spool's index (only the lock's holder may)."""
+    db = tmp_path / "app.db"
+    conn = apsw.Connection(str(db))
+    list(conn.execute("PRAGMA journal_mode=wal; CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)"))
+    cfg = DbConfig(path=str(db), replicas=(_file_replica(tmp_path / "replica"),))
+    holder = DbReplicator(cfg)
+    holder.open()
+    try:
+        other = DbReplicator(cfg)
+        st = other.status()
+        assert (st.txid, st.replicating, st.spool_backlog_bytes, st.replicas[0].lag_seconds) == (0, False, 0, 0.0)
+        assert other.spool.objects._index is None
+        assert holder.status().replicating
+    finally:
+        holder.stop()
+        holder.join()
+        conn.close()
