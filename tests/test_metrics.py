@@ -73,7 +73,8 @@ def served(tmp_path):
 def test_every_daemon_metric_moves_under_a_writer(served):
     rep, conn, cfg, port = served
     db, ok, down = str(cfg.path), {"replica": "file"}, {"replica": "down"}
-    s0 = samples(scrape(port))
+    s0 = wait_for(lambda: (s := samples(scrape(port))) and value(s, "replicator_replicated_txid", **ok) and s,
+                  15, "the first snapshot on the file replica")
     assert value(s0, "replicator_build_info", command="run") == 1
     assert value(s0, "replicator_db_replicating", db=db) == 1
     assert value(s0, "replicator_snapshots_total", db=db) == 1
