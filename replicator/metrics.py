@@ -24,10 +24,10 @@ from .config import ListenAddr
 from .errors import ConfigError, ReplicatorError
 from .spool import spool_dir
 from .status import ERROR_KINDS, CompactorStatus, DbStatus
+from .verify import RECORD_NAME as VERIFY_FILE  # `verify -c` leaves its last result in each spool
 
 log = logging.getLogger(__name__)
 
-VERIFY_FILE = "verify.json"  # `replicator verify -c` writes its last result here, in each spool
 VERBS = ("put", "get", "head", "list", "delete")  # storage/retry.py's request counts
 DB, REPLICA = ["db"], ["db", "replica"]
 

@@ -9,6 +9,7 @@ policy.py the decisions, replica.py each replica. This module only sequences the
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -67,6 +68,7 @@ class DbReplicator:
         # The watchdog's view (stalled_s): when the worker began what it is doing now, None
         # while it waits on purpose (for a wake-up, a backoff, the next batch).
         self._busy_since: float | None = None
+        self.last_snapshot_ns = 0  # 0 until the tail is taken up
         self.last_snapshot_bytes = 0  # compressed; recovered from the replicas at start
         self.snapshots_taken = 0  # this run, for status()
         self.last_write_ns = clock_ns()

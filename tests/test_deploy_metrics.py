@@ -19,8 +19,8 @@ from replicator.compactor import Compactor
 from replicator.config import DbConfig, ListenAddr, ReplicaConfig
 from replicator.replication import DbReplicator
 from replicator.retention import Policy
-from replicator.spool import spool_dir
 from replicator.storage import open_storage
+from replicator.verify import record, write_record
 
 from integration.harness import wait_for
 from scrape import names, samples, scrape, value
@@ -103,8 +103,7 @@ def exported(tmp_path_factory) -> set[str]:
                 conn.execute("INSERT INTO t(v) VALUES (?)", (b"d" * 500,))
             wait_for(lambda: value(samples(scrape(run_port)), "replicator_checkpoints_total", db=str(db)),
                      20, "a checkpoint")
-            (spool_dir(str(db)) / metrics.VERIFY_FILE).write_text(json.dumps(
-                {"time_ms": 1_796_000_000_000, "ok": True, "txid": 3, "replica": "file", "error": None}))
+            write_record(str(db), record(True, "file", 3, None))
             got = names(samples(scrape(run_port)))
         finally:
             rep.stop()

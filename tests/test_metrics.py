@@ -4,7 +4,6 @@ from the spool; a port in use is one clear line."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -18,11 +17,13 @@ import pytest
 from replicator import metrics
 from replicator.compactor import Compactor
 from replicator.config import DbConfig, ListenAddr, ReplicaConfig, S3Options
+from replicator.errors import ConfigError
 from replicator.replication import DbReplicator
 from replicator.retention import Policy
-from replicator.snapshot_cmd import take_snapshot
+from replicator.daemon_ops import take_snapshot
 from replicator.spool import spool_dir
 from replicator.storage import open_storage
+from replicator.verify import record, write_record
 
 from integration.harness import BIN, wait_for
 from scrape import names, samples, scrape, value
@@ -126,7 +127,7 @@ def test_every_daemon_metric_moves_under_a_writer(served):
     _write(conn, 5)
     wait_for(lambda: value(samples(scrape(port)), "replicator_wal_bytes", db=db) > 0, 10, "WAL bytes")
 
-    # A snapshot asked for through the spool, as `replicator snapshot` does.
+    # A snapshot asked for over the control socket, as `replicator snapshot` does.
     take_snapshot(cfg, "metrics", 30)
     s4 = samples(scrape(port))
     assert value(s4, "replicator_snapshots_total", db=db) == 2
@@ -144,20 +145,17 @@ def test_verify_metrics_come_from_the_result_file(served):
     db = str(cfg.path)
     s = samples(scrape(port))
     assert not {n for n in names(s) if n.startswith("replicator_verify_")}  # absent: no sample
-    result = spool_dir(db) / metrics.VERIFY_FILE
-    result.write_text(json.dumps({"time_ms": 1_796_000_000_000, "ok": True, "txid": 12, "replica": "file",
-                                  "error": None}))
+    write_record(db, record(True, "file", 12, None, now_ms=lambda: 1_796_000_000_000))
     s = samples(scrape(port))
     assert value(s, "replicator_verify_last_ok", db=db, replica="file") == 1
     assert value(s, "replicator_verify_last_success_timestamp_seconds", db=db, replica="file") == 1_796_000_000
     assert value(s, "replicator_verify_last_run_timestamp_seconds", db=db, replica="file") == 1_796_000_000
-    result.write_text(json.dumps({"time_ms": 1_796_000_100_000, "ok": False, "txid": None, "replica": "file",
-                                  "error": "checksum mismatch"}))
+    write_record(db, record(False, "file", None, "checksum mismatch", now_ms=lambda: 1_796_000_100_000))
     s = samples(scrape(port))
     assert value(s, "replicator_verify_last_ok", db=db, replica="file") == 0
     assert value(s, "replicator_verify_last_run_timestamp_seconds", db=db, replica="file") == 1_796_000_100
     assert value(s, "replicator_verify_last_success_timestamp_seconds", db=db, replica="file") is None
-    result.write_text("{not json")  # a torn or foreign file: no sample, the scrape still works
+    (spool_dir(db) / metrics.VERIFY_FILE).write_text("{not json")  # foreign: no sample, the scrape works
     s = samples(scrape(port))
     assert value(s, "replicator_verify_last_ok", db=db, replica="file") is None
     assert value(s, "replicator_db_replicating", db=db) == 1
@@ -275,3 +273,11 @@ def test_compact_serves_metrics_while_long_lived(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+
+
+def test_compact_takes_the_port_after_runs():
+    assert metrics.compactor_addr(ListenAddr("", 9090)) == ListenAddr("", 9091)
+    assert metrics.compactor_addr(ListenAddr("127.0.0.1", 0)) == ListenAddr("127.0.0.1", 0)
+    assert metrics.compactor_addr(None) is None
+    with pytest.raises(ConfigError, match="compact --addr"):
+        metrics.compactor_addr(ListenAddr("", 65535))
