@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Callable
 
 from . import faults, policy, wal
@@ -132,6 +133,10 @@ class Checkpointer:
         self.name = name
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        # For status(): cycles completed and their durations (one update per cycle).
+        self.completed = 0
+        self.seconds_total = 0.0
+        self.last_seconds: float | None = None
 
     def start(self) -> None:
         assert not self.running()
@@ -154,6 +159,7 @@ class Checkpointer:
         back: each millisecond between the end of a backfill and the fence of (c) lets a
         flat-out writer add ~20 frames that (c) must backfill with the writer stopped."""
         try:
+            started = time.monotonic()
             rounds, before, retries = 0, 1 << 62, 0
             move_mark(self.handles, self.spooler)
             while not self.stopping.is_set():
@@ -163,6 +169,7 @@ class Checkpointer:
                 tail = backfill_tail(self.handles)
                 if not policy.another_backfill_round(tail, before, rounds):
                     if finish(self.handles, self.spooler, policy.fence_tail_limit(retries)):
+                        self._completed(time.monotonic() - started)
                         return
                     retries += 1  # the writer got far while the fence was taken
                 before = tail
@@ -174,3 +181,8 @@ class Checkpointer:
             self._error = err
         finally:
             self.on_done()
+
+    def _completed(self, seconds: float) -> None:
+        self.last_seconds = seconds
+        self.seconds_total += seconds
+        self.completed += 1

@@ -125,6 +125,7 @@ def _run_daemon(config: Config, supervised: bool, config_path: str | None = None
                 exec_command: str | None = None, restore_missing: bool = False) -> None:
     """The daemon in the foreground until a signal (or --exec's child) stops it. With a
     config file, SIGHUP reloads it; under systemd, readiness and the watchdog go to it."""
+    from . import metrics
     from .daemon import Daemon, check_paths
     from .notify import Notifier
     from .stopping import daemon_signals
@@ -137,7 +138,9 @@ def _run_daemon(config: Config, supervised: bool, config_path: str | None = None
         return cfg
 
     load = reload_config if config_path else None
-    with daemon_signals(reload=(signal.SIGHUP,) if load else ()) as signals:
+    daemon: Daemon | None = None  # read at each scrape: a reload replaces its replicators
+    reg = metrics.registry("run", metrics.ReplicatorCollector(lambda: daemon.replicators if daemon else []))
+    with metrics.serving(config.addr, reg), daemon_signals(reload=(signal.SIGHUP,) if load else ()) as signals:
         daemon = Daemon(config, supervised=supervised, notifier=Notifier.from_environ(os.environ),
                         restore_missing=restore_missing)
         daemon.start()
@@ -583,21 +586,32 @@ def snapshots(target: str, delete_name: str | None, replica_name: str | None, co
 @click.option("-c", "--config", "config_path", default=config_mod.DEFAULT_CONFIG_PATH, show_default=True)
 @click.option("--once", is_flag=True, help="One pass over every replica, then exit (cron, a systemd timer).")
 @click.option("--dry-run", is_flag=True, help="Print what a pass would delete, merge and build; change nothing.")
+@click.option("--addr", "addr_text", metavar="HOST:PORT",
+              help="Serve metrics here (default: the config's addr: with the next port, beside `run`'s).")
 @handle_errors
-def compact(config_path: str, once: bool, dry_run: bool) -> None:
+def compact(config_path: str, once: bool, dry_run: bool, addr_text: str | None) -> None:
     """The retention compactor: enforce each replica's retention, merge small segments, and
-    build snapshots on the replica side (a pass every retention-check-interval)."""
+    build snapshots on the replica side (a pass every retention-check-interval). Long-lived,
+    it serves metrics on the port after addr:'s (not with --once or --dry-run)."""
+    from . import metrics
     from .compactor import Compactor, Scheduler
     from .retention import Policy
 
     config = config_mod.load(config_path)
+    addr = metrics.compactor_addr(config.addr)
+    if addr_text is not None:
+        try:
+            addr = config_mod.parse_addr(addr_text)
+        except ValueError as err:
+            raise ConfigError(f"--addr: {err}") from None
     jobs = []
     for db in config.dbs:
         for r in db.replicas:
             policy = Policy(r.retention_s if r.retention_enabled else None, db.snapshot_history_ratio,
                             keep=r.keep)
-            jobs.append((Compactor(open_storage(r), policy), r.retention_check_interval_s))
-    with stop_on_signals() as stop:
+            jobs.append((Compactor(open_storage(r), policy, db=db.path, name=r.name), r.retention_check_interval_s))
+    reg = metrics.registry("compact", metrics.CompactorCollector(lambda: [c for c, _ in jobs]))
+    with metrics.serving(None if once or dry_run else addr, reg), stop_on_signals() as stop:
         ok = Scheduler(jobs).run(stop, once=once, dry_run=dry_run, emit=click.echo)
     if not ok:
         raise ReplicatorError("a compaction pass failed (see the log above)")

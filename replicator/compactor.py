@@ -34,7 +34,8 @@ from .restore import build_image
 from .layout import SnapshotInfo
 from .retention import CompactionPlan, Policy, Synthesis, retain
 from .segment import SNAPSHOT_FRAME, SnapshotWriter, decode_segment, merge_segments, verify_stream
-from .storage import Storage
+from .status import CompactorStatus, redact
+from .storage import Storage, request_counts
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +77,31 @@ def owner_id() -> str:
 
 class Compactor:
     def __init__(self, storage: Storage, policy: Policy, owner: str | None = None,
-                 clock_ns: Callable[[], int] = time.time_ns, work_dir: str | None = None):
+                 clock_ns: Callable[[], int] = time.time_ns, work_dir: str | None = None,
+                 db: str = "", name: str = ""):
         self.storage = storage
         self.policy = policy
         self.owner = owner or owner_id()
         self.clock_ns = clock_ns
         self.work_dir = work_dir
         self.lease: lease.Lease | None = None
+        self.db, self.name = db, name  # for status() and the metrics' labels
+        self.totals = PassSummary(storage.url)  # every pass (dry runs excluded) added up
+        self.passes = self.failed_passes = 0
+        self.last_pass_seconds: float | None = None
+        self.last_success_ns: int | None = None
+        self.last_error: str | None = None
+
+    def status(self) -> CompactorStatus:
+        t = self.totals
+        return CompactorStatus(
+            db=self.db, replica=self.name, url=self.storage.url, passes=self.passes,
+            failed_passes=self.failed_passes, deleted_objects=t.deleted, deleted_bytes=t.deleted_bytes,
+            merged_segments=t.merged_inputs, merged_objects=t.merged_outputs, snapshots_built=t.snapshots,
+            snapshot_bytes=t.snapshot_bytes, pass_seconds_total=t.seconds,
+            last_pass_seconds=self.last_pass_seconds,
+            last_success_time=self.last_success_ns / 1e9 if self.last_success_ns else None,
+            last_error=self.last_error, requests=request_counts(self.storage))
 
     def plan(self) -> tuple[CompactionPlan, int]:
         """One LIST, then the pure plan; (plan, objects listed)."""
@@ -92,12 +111,37 @@ class Compactor:
     def run_pass(self, dry_run: bool = False) -> PassSummary:
         if dry_run:
             return self._pass(dry_run)
-        self.lease = lease.acquire(self.storage, self.owner, LEASE_TTL_S, key=layout.COMPACTOR_LEASE,
-                                   role="compactor")
+        started = time.monotonic()
         try:
-            return self._pass(dry_run)
-        finally:
-            self.release()
+            self.lease = lease.acquire(self.storage, self.owner, LEASE_TTL_S, key=layout.COMPACTOR_LEASE,
+                                       role="compactor")
+            try:
+                summary = self._pass(dry_run)
+            finally:
+                self.release()
+        except Exception as err:
+            self.passes += 1
+            self.failed_passes += 1
+            self.last_pass_seconds = time.monotonic() - started
+            self.totals.seconds += self.last_pass_seconds
+            self.last_error = redact(str(err) or type(err).__name__)
+            raise
+        self._count(summary)
+        return summary
+
+    def _count(self, s: PassSummary) -> None:
+        t = self.totals
+        t.deleted += s.deleted
+        t.deleted_bytes += s.deleted_bytes
+        t.merged_inputs += s.merged_inputs
+        t.merged_outputs += s.merged_outputs
+        t.snapshots += s.snapshots
+        t.snapshot_bytes += s.snapshot_bytes
+        t.seconds += s.seconds
+        self.passes += 1
+        self.last_pass_seconds = s.seconds
+        self.last_success_ns = self.clock_ns()
+        self.last_error = None
 
     def _keep_lease(self) -> None:
         """Renew between steps once half the lease is gone (a pass may build large snapshots)."""

@@ -98,9 +98,22 @@ class DbConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ListenAddr:
+    """Where the metrics are served (`addr:`, Litestream's key): host "" means every interface."""
+
+    host: str
+    port: int  # 0: any free port (the log line names the one taken)
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     dbs: tuple[DbConfig, ...]
     source: str | None = None  # the file it came from, for messages
+    addr: ListenAddr | None = None  # Prometheus metrics (metrics.py); None: not served
     exec: str | None = None  # the application `run` starts as its child (`--exec` overrides it)
     logging: LogSettings = LogSettings()
 
@@ -137,7 +150,6 @@ _REPLICA_KEYS = {"url", "type", "name", "path", "bucket", "region", "endpoint", 
 # accepted and ignored (a user who configured encryption must not get plaintext replicas).
 _NOT_YET = "a Litestream key this version does not implement yet; remove it"
 _UNSUPPORTED = {
-    "addr": "Prometheus metrics are not served yet; remove the key",
     "mcp-addr": _NOT_YET, "snapshot": _NOT_YET,
     "levels": _NOT_YET, "l0-retention": _NOT_YET, "l0-retention-check-interval": _NOT_YET,
     "shutdown-sync-timeout": _NOT_YET, "shutdown-sync-interval": _NOT_YET, "meta-path": _NOT_YET,
@@ -256,8 +268,14 @@ class _Parser:
             if p in paths[:i]:
                 raise self.fail(f"dbs[{i}].path", f"duplicate database {p}")
         command = self.string(top["exec"], "exec") if top.get("exec") is not None else None
+        addr = None
+        if top.get("addr") not in (None, ""):
+            try:
+                addr = parse_addr(top["addr"])
+            except ValueError as err:
+                raise self.fail("addr", str(err)) from None
         return Config(dbs=dbs, source=self.source, exec=command,
-                      logging=self.logging(top))
+                      logging=self.logging(top), addr=addr)
 
     def logging(self, top: dict[str, Any]) -> LogSettings:
         """`logging: {level, type, stderr}` (Litestream), or the legacy top-level `log-level`."""
@@ -474,6 +492,28 @@ def age_key_text(value: Any, where: str, identity: bool,
     except ValueError as err:
         raise fail(where, f"age {what}: {err}") from None
     return text
+
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+
+
+def parse_addr(value: Any) -> ListenAddr:
+    """`HOST:PORT`, `:PORT` (every interface) or `[IPv6]:PORT`, as Litestream's `addr:`."""
+    import ipaddress
+
+    text = str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+    host, sep, port = (text or "").rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT or :PORT (e.g. \":9090\", 127.0.0.1:9090), got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"not an IPv6 address: [{host}]") from None
+    elif host and not _HOSTNAME.match(host):
+        raise ValueError(f"not a host name or address: {host!r}")
+    return ListenAddr(host, int(port))
 
 
 def replica_from_url(url: str, error: Callable[[str], Exception] | None = None) -> ReplicaConfig:

@@ -20,7 +20,8 @@ from . import layout, lease, replica_meta, segment
 from .config import ReplicaConfig
 from .errors import LeaseHeld
 from .layout import SegmentInfo, SnapshotInfo
-from .storage import Storage, StorageError, Throttled, Transient
+from .status import ERROR_KINDS, ReplicaStatus, redact
+from .storage import Storage, StorageError, Throttled, Transient, request_counts
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,8 @@ class Shipper:
     Its state for operators (plain attributes, read without the lock): `last_error` and
     `last_error_kind` (None while healthy; the kind is transient, throttled, permanent,
     lease or internal), `consecutive_failures` (failed rounds since the last good one) and
-    `last_upload_at` (wall-clock time of the last object stored, None before the first).
+    `last_upload_at` (wall-clock time of the last object stored, None before the first);
+    `status()` gathers them with the counters below.
     """
 
     def __init__(self, cfg: ReplicaConfig, storage: Storage, spool_objects: Storage,
@@ -71,6 +73,13 @@ class Shipper:
         self.last_upload_at: float | None = None
         self.shipped_txid = 0
         self.shipped_generation: str | None = None
+        # For status(): counted per object stored or round failed, never per frame.
+        self.shipped_bytes = 0
+        self.shipped_objects = 0
+        self.errors = dict.fromkeys(ERROR_KINDS, 0)
+        # The newest point the replica holds: (generation, txid, commit time ns), from the
+        # LIST at recovery, then from each object stored.
+        self.acked: tuple[str | None, int, int] = (None, 0, 0)
         self._outage_logged = -1e18
         self._bug_logged = -1e18
         self._thread: threading.Thread | None = None
@@ -129,6 +138,8 @@ class Shipper:
                 last = max(gen.snapshots, key=lambda s: s.txid)
                 self.history[gen.name] = (last.size, sum(s.size for s in gen.segments
                                                          if s.first_txid > last.txid))
+            for point in [*gen.snapshots, *gen.segments]:
+                self._ack(point)
         self.recovered = True
 
     def has(self, info: SnapshotInfo | SegmentInfo) -> bool:
@@ -171,6 +182,43 @@ class Shipper:
                 txid = info.last_txid
             self.shipped_generation, self.shipped_txid = info.generation, txid
             self.last_upload_at = time.time()
+            self.shipped_bytes += info.size
+            self.shipped_objects += 1
+            self._ack(info)
+
+    def _ack(self, info: SnapshotInfo | SegmentInfo) -> None:
+        if isinstance(info, SnapshotInfo):
+            txid, time_ns = info.txid, info.time_ms * 1_000_000
+        else:
+            txid, time_ns = info.last_txid, info.t1_ms * 1_000_000
+        if txid >= self.acked[1]:
+            self.acked = (info.generation, txid, max(time_ns, self.acked[2]))
+
+    def status(self, current_txid: int = 0, now_ns: int | None = None, spool_owned: bool = True) -> ReplicaStatus:
+        """This replica as operators see it. `current_txid` is the newest transaction seen
+        in the WAL: below it the replica lags by the age of the oldest commit it lacks.
+        Without `spool_owned` the spool is not looked at: its index may be built only by
+        the process that holds the spool's lock (spool.IndexedObjects)."""
+        todo = self.pending() if spool_owned else []
+        with self.lock:
+            generation, txid, commit_ns = self.acked
+            errors = dict(self.errors)
+        lag = 0.0
+        if txid < current_txid:
+            now_ns = time.time_ns() if now_ns is None else now_ns
+            oldest = min((_time_ns(i) for i in todo), default=now_ns)  # not spooled yet: just seen
+            lag = max(0.0, (now_ns - oldest) / 1e9)
+        s3 = self.cfg.s3
+        secrets = (s3.access_key_id, s3.secret_access_key) if s3 is not None else ()
+        return ReplicaStatus(
+            name=self.cfg.name, url=self.cfg.url, generation=generation, replicated_txid=txid,
+            replicated_commit_time=commit_ns / 1e9 if commit_ns else None,
+            last_upload_time=self.last_upload_at, lag_seconds=lag,
+            backlog_bytes=sum(i.size for i in todo), backlog_objects=len(todo),
+            shipped_bytes=self.shipped_bytes, shipped_objects=self.shipped_objects,
+            upload_errors=errors, consecutive_failures=self.consecutive_failures,
+            last_error=redact(self.last_error, secrets), last_error_kind=self.last_error_kind,
+            requests=request_counts(self.storage))
 
     # -- thread --------------------------------------------------------------------
 
@@ -258,6 +306,8 @@ class Shipper:
         its traceback, on a timer of its own so that an outage does not hide it)."""
         self.last_error_kind = _error_kind(err)
         self.consecutive_failures += 1
+        with self.lock:
+            self.errors[self.last_error_kind] += 1
         now = self.clock()
         if self.last_error_kind != "internal":
             self.last_error = str(err)
@@ -274,9 +324,8 @@ class Shipper:
 
     def _log_requests(self) -> None:
         now = self.clock()
-        counts = getattr(self.storage, "requests", None)
-        if counts is not None and now - self._requests_logged >= REQUEST_LOG_INTERVAL_S:
-            log.debug("replica %s requests so far: %s", self.storage.url, dict(counts))
+        if now - self._requests_logged >= REQUEST_LOG_INTERVAL_S:
+            log.debug("replica %s requests so far: %s", self.storage.url, request_counts(self.storage))
             self._requests_logged = now
 
     # -- shipping ------------------------------------------------------------------
@@ -410,6 +459,11 @@ def _error_kind(err: Exception) -> str:
 def _generation_of(key: str) -> str | None:
     info = layout.parse_key(key)
     return info.generation if info is not None else None
+
+
+def _time_ns(info: SnapshotInfo | SegmentInfo) -> int:
+    """When its first transaction was committed (names hold milliseconds, rounded down)."""
+    return (info.time_ms if isinstance(info, SnapshotInfo) else info.t0_ms) * 1_000_000
 
 
 def _order(info: SnapshotInfo | SegmentInfo) -> tuple[str, int, int]:

@@ -9,6 +9,7 @@ policy.py the decisions, replica.py each replica. This module only sequences the
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -26,6 +27,7 @@ from .image import image_matches
 from .replica import Shipper
 from .snapshotter import write_snapshot
 from .spool import Spool, TailState
+from .status import DbStatus, ns_to_s, redact
 from .spooler import Spooler
 from .storage import Storage, open_storage
 from .tail import ContinuityLost, Position, Tail
@@ -66,7 +68,9 @@ class DbReplicator:
         # The watchdog's view (stalled_s): when the worker began what it is doing now, None
         # while it waits on purpose (for a wake-up, a backoff, the next batch).
         self._busy_since: float | None = None
+        self.last_snapshot_ns = 0  # 0 until the tail is taken up
         self.last_snapshot_bytes = 0  # compressed; recovered from the replicas at start
+        self.snapshots_taken = 0  # this run, for status()
         self.last_write_ns = clock_ns()
         self.shippers = [
             Shipper(r, (storages or {}).get(r.name) or open_storage(r), self.spool.objects, cfg.path,
@@ -313,6 +317,7 @@ class DbReplicator:
         self._open = True
         if resumed:
             assert state is not None
+            self.tail.commit_ns = self._recovered_commit_ns()
             self.last_snapshot_ns = self._recovered_snapshot_ns()
             self.last_snapshot_bytes, self.spooler.history_bytes = max(
                 [s.history.get(self.generation, (0, 0)) for s in self.shippers], key=lambda h: h[1])
@@ -333,6 +338,8 @@ class DbReplicator:
         self.tail.checksum = snap.checksum
         self.spool.save_base(TailState(self.generation, self.tail.pos, snap.checksum.copy(), self.handles.db_ident))
         self.last_snapshot_ns, self.last_snapshot_bytes = now, snap.size
+        self.tail.commit_ns = now
+        self.snapshots_taken += 1
         self.spooler.history_bytes = 0
         log.info("%s: generation %s started with a snapshot at txid %d (%d pages)", self.cfg.path,
                  self.generation, txid, snap.checksum.n_pages)
@@ -415,6 +422,7 @@ class DbReplicator:
         snap = write_snapshot(self.spool, self.handles, hdr, self.generation, pos.txid, now, expected,
                               poll=self._poll_copy, name=name, keep_until_ms=until)
         self.last_snapshot_ns, self.last_snapshot_bytes = now, snap.size
+        self.snapshots_taken += 1
         log.info("%s: snapshot at txid %d", self.cfg.path, pos.txid)
         self._notify()
         return pos.txid
@@ -430,6 +438,35 @@ class DbReplicator:
             self.spooler.copy()
         except SpoolError:
             pass  # logged by the spooler; the snapshot itself will fail or succeed on its own
+
+    # -- status ------------------------------------------------------------------------
+
+    def status(self) -> DbStatus:
+        """This database and each replica, as operators see them (status.py): read from the
+        bookkeeping the threads keep anyway, without taking any lock of the copy path."""
+        pos = self.tail.pos  # one attribute read: Position is replaced, never changed
+        txid = pos.txid if pos is not None and self._open else 0
+        try:
+            wal_bytes = os.stat(self.handles.wal_path).st_size
+        except OSError:
+            wal_bytes = 0
+        spooled = list(self.spool.objects.list(layout.GENERATIONS)) if self._locked else []
+        now_ns = self.clock_ns()
+        cp = self.checkpointer
+        return DbStatus(
+            path=self.cfg.path, generation=self.generation or None, txid=txid,
+            commit_time=ns_to_s(self.tail.commit_ns) if txid else None,
+            replicating=self._open and self.error is None, wal_bytes=wal_bytes,
+            spool_backlog_bytes=sum(o.size for o in spooled), spool_backlog_objects=len(spooled),
+            checkpoints=cp.completed, checkpoint_seconds_total=cp.seconds_total,
+            last_checkpoint_seconds=cp.last_seconds, snapshots=self.snapshots_taken,
+            last_snapshot_time=ns_to_s(self.last_snapshot_ns),
+            last_error=redact(str(self.error) if self.error is not None else None, self._secrets()),
+            replicas=tuple(s.status(txid, now_ns, spool_owned=self._locked) for s in self.shippers))
+
+    def _secrets(self) -> list[str | None]:
+        return [x for r in self.cfg.replicas if r.s3 is not None
+                for x in (r.s3.access_key_id, r.s3.secret_access_key)]
 
     # -- bookkeeping -------------------------------------------------------------------
 
@@ -461,6 +498,18 @@ class DbReplicator:
             if isinstance(info, layout.SegmentInfo) and info.generation == generation and info.last_txid > txid:
                 stale.append(obj.key)
         self.spool.objects.delete_many(stale)
+
+    def _recovered_commit_ns(self) -> int:
+        """When the resumed position was committed: the newest time the spool or a replica
+        holds for it (the names carry it), else unknown (0)."""
+        times = [s.acked[2] for s in self.shippers if s.acked[1] >= (self.tail.pos.txid if self.tail.pos else 0)]
+        for obj in self.spool.objects.list(layout.GENERATIONS):
+            info = layout.parse_key(obj.key, obj.size)
+            if isinstance(info, layout.SegmentInfo):
+                times.append(info.t1_ms * 1_000_000)
+            elif info is not None:
+                times.append(info.time_ms * 1_000_000)
+        return max(times, default=0)
 
     def _recovered_snapshot_ns(self) -> int:
         times = [t for s in self.shippers for g, t in s.snapshot_times.items() if g == self.generation]

@@ -79,6 +79,7 @@ class Tail:
         self.pos: Position | None = None
         self.checksum: DbChecksum | None = None  # of the database after pos.txid
         self.caught_up = True  # after read(): nothing committed was left unread
+        self.commit_ns = 0  # when the transaction at pos was seen committed (0: unknown)
         self._last_time_ns = 0
         self._clock_lock = threading.Lock()
 
@@ -189,4 +190,5 @@ class Tail:
             raise ContinuityLost(f"frame {start + err.index} has salts of another WAL") from None
         if frames:
             self.pos = Position(self.pos.salts, self.pos.frame + frames, frame_ck, txs.last_txid)
+            self.commit_ns = txs.time_ns
         return txs

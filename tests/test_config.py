@@ -271,7 +271,6 @@ def test_file_replicas_and_defaults(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("text, where, why", [
     ("mcp-addr: ':3001'\n", "mcp-addr", "does not implement yet"),
-    ("addr: 127.0.0.1:9090\n", "addr", "metrics are not served yet"),
     ("dbs:\n- path: /a.db\n  meta-path: /x\n  replicas: [{url: file:///b}]", "dbs[0].meta-path", "does not implement"),
     ("dbs:\n- path: /a.db\n  max-checkpoint-page-count: 10000\n  replicas: [{url: file:///b}]",
      "dbs[0].max-checkpoint-page-count", "no emergency TRUNCATE"),
@@ -296,6 +295,28 @@ def test_exec_is_litestreams_top_level_command_string():
     with pytest.raises(ConfigError) as e:
         parse("exec: [my-app]\n" + body, environ={})
     assert "exec: expected a non-empty string" in str(e.value)
+
+
+@pytest.mark.parametrize("value, host, port", [
+    ('":9090"', "", 9090), ("127.0.0.1:9090", "127.0.0.1", 9090), ("localhost:0", "localhost", 0),
+    ('"[::1]:9090"', "::1", 9090), ("metrics.internal:9100", "metrics.internal", 9100),
+])
+def test_addr_is_parsed_at_load(value, host, port):
+    cfg = parse(f"addr: {value}\ndbs:\n- path: /a.db\n  replicas: [{{url: file:///b}}]\n", environ={})
+    assert cfg.addr == config.ListenAddr(host, port)
+    assert str(cfg.addr) == value.strip('"')
+
+
+def test_no_addr_serves_nothing():
+    assert parse("dbs:\n- path: /a.db\n  replicas: [{url: file:///b}]\n", environ={}).addr is None
+
+
+@pytest.mark.parametrize("value", ["9090", '"127.0.0.1"', '":99999"', '"host:port"', '"[nope]:1"',
+                                   '"bad host:80"', "[1, 2]", "true"])
+def test_bad_addr_is_refused_naming_the_key(value):
+    with pytest.raises(ConfigError) as e:
+        parse(f"addr: {value}\ndbs:\n- path: /a.db\n  replicas: [{{url: file:///b}}]\n", environ={})
+    assert "addr: " in str(e.value) and "\n" not in str(e.value)
 
 
 def test_config_is_frozen():

@@ -21,6 +21,13 @@ from .memory import MemoryStorage
 from .retry import RetryingStorage
 
 
+def request_counts(storage: Storage) -> dict[str, int]:
+    """Requests made so far by verb (put, get, head, list, delete): counted by the retry
+    wrapper (each attempt is a request); {} for a backend opened without it."""
+    counts = getattr(storage, "request_counts", None)
+    return counts() if callable(counts) else {}
+
+
 def open_storage(replica: ReplicaConfig | str, retry: bool = True) -> Storage:
     """The backend for a replica (or URL), wrapped with retry for transient errors and, with
     `age` configured, outside that with encryption (retries resend the same ciphertext)."""

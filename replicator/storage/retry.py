@@ -35,6 +35,11 @@ class RetryingStorage:
         self._lock = threading.Lock()
         self.requests: dict[str, int] = {}
 
+    def request_counts(self) -> dict[str, int]:
+        """A copy of the counts by verb, safe to read while other threads make requests."""
+        with self._lock:
+            return dict(self.requests)
+
     def _call(self, verb: str, fn: Callable[[], T]) -> T:
         for attempt in range(self.attempts):
             with self._lock:
