@@ -15,6 +15,7 @@ from .config import DbConfig
 from .errors import ReplicatorError
 from .replication import DbReplicator
 from .spool import Spool
+from .status import redact
 from .storage import StorageError, open_storage
 
 ANSWER_MARGIN_S = 5.0  # the socket waits this much past the work's own timeout
@@ -87,7 +88,8 @@ def status(db: DbConfig, timeout_s: float = 10.0) -> dict[str, Any]:
     state = spool.peek_state()
     replicas = []
     for r in db.replicas:
-        entry: dict[str, Any] = {"name": r.name, "url": r.url}
+        entry: dict[str, Any] = {"name": r.name, "url": r.url, "generation": None, "replicated_txid": 0,
+                                 "last_upload_time": None, "last_error": None}
         try:
             storage = open_storage(r)
             try:
@@ -95,17 +97,20 @@ def status(db: DbConfig, timeout_s: float = 10.0) -> dict[str, Any]:
             finally:
                 storage.close()
         except StorageError as err:
-            entry["error"] = str(err)
+            entry["last_error"] = redact(str(err))
         else:
             gen = listing.generations[-1] if listing.generations else None
-            entry.update(generation=gen.name if gen else None, txid=gen.last_txid if gen else None,
-                         last_upload_ms=gen.end_ms if gen else None,
-                         last_snapshot_ms=max((s.time_ms for s in gen.snapshots), default=None) if gen else None)
+            if gen is not None:
+                end_ms = gen.end_ms
+                entry.update(generation=gen.name, replicated_txid=gen.last_txid or 0,
+                             last_upload_time=end_ms / 1000 if end_ms else None,
+                             last_snapshot_time=max((s.time_ms for s in gen.snapshots), default=0) / 1000 or None)
         replicas.append(entry)
-    return {"running": False, "path": db.path,
-            "generation": state.generation if state else None, "txid": state.pos.txid if state else None,
-            "backlog_bytes": sum(o.size for o in spool.objects.list(layout.GENERATIONS)) if spool.dir.exists() else 0,
-            "replicas": replicas}
+    backlog = list(spool.objects.list(layout.GENERATIONS)) if spool.dir.exists() else []
+    return {"running": False, "path": db.path, "generation": state.generation if state else None,
+            "txid": state.pos.txid if state else 0, "replicating": False,
+            "spool_backlog_bytes": sum(o.size for o in backlog), "spool_backlog_objects": len(backlog),
+            "last_error": None, "replicas": replicas}
 
 
 def _ask(spool: Spool, request: dict[str, Any], timeout_s: float) -> Any | None:

@@ -164,12 +164,6 @@ class Shipper:
         self.wake.set()
         self._hurry.set()
 
-    def status_dict(self) -> dict:
-        return {"name": self.cfg.name, "url": self.cfg.url, "generation": self.shipped_generation,
-                "txid": self.shipped_txid or None,
-                "last_upload_ms": int(self.last_upload_at * 1000) if self.last_upload_at else None,
-                "error": self.last_error, "error_kind": self.last_error_kind}
-
     def _mark(self, info: SnapshotInfo | SegmentInfo) -> None:
         with self.lock:
             if isinstance(info, SnapshotInfo):

@@ -8,6 +8,7 @@ policy.py the decisions, replica.py each replica. This module only sequences the
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
@@ -557,7 +558,7 @@ class DbReplicator:
             raise ReplicatorError(f"the running replicator did not {what} within {timeout_s:g}s{why}") from None
 
     def _control_status(self, req: dict) -> dict:
-        return self.status_dict()
+        return dataclasses.asdict(self.status())
 
     def _control_snapshot(self, req: dict) -> dict:
         name, keep_for_s = req.get("name"), req.get("keep_for_s")
@@ -592,13 +593,3 @@ class DbReplicator:
 
     def _not_holding(self, generation: str, txid: int) -> list[Shipper]:
         return [s for s in self.shippers if not s.holds(generation, txid)]
-
-    def status_dict(self) -> dict:
-        pos = self.tail.pos if self._open else None
-        return {
-            "path": self.cfg.path, "generation": self.generation if self._open else None,
-            "txid": pos.txid if pos is not None else None,
-            "last_snapshot_ms": self.last_snapshot_ns // 1_000_000 or None,
-            "error": str(self.error) if self.error is not None else None,
-            "replicas": [s.status_dict() for s in self.shippers],
-        }

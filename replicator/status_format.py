@@ -1,4 +1,5 @@
-"""`replicator status` for people: a few lines per database, the same facts as --json."""
+"""`replicator status` for people: a few lines per database, the same facts as --json (the
+names of status.py's DbStatus and ReplicaStatus, docs/design.md 9c)."""
 
 from __future__ import annotations
 
@@ -7,35 +8,41 @@ from typing import Any
 from .durations import format_timestamp
 
 
-def _when(ms: int | None) -> str:
-    return format_timestamp(ms * 1_000_000) if ms else "never"
+def _when(seconds: float | None) -> str:
+    return format_timestamp(int(seconds * 1e9)) if seconds else "never"
 
 
 def _size(n: int | None) -> str:
-    n = n or 0
+    v = float(n or 0)
     for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
+        if v < 1024 or unit == "GiB":
+            return f"{v:.0f} {unit}" if unit == "B" else f"{v:.1f} {unit}"
+        v /= 1024
+    return f"{v} B"
 
 
 def format_status(report: list[dict[str, Any]]) -> str:
     lines = []
     for db in report:
-        state = "replicating" if db.get("running") else "not running"
-        lines.append(f"{db['path']}: {state}, generation {db.get('generation') or '-'}, txid {db.get('txid') or '-'}"
-                     + (f", backlog {_size(db.get('backlog_bytes'))}" if "backlog_bytes" in db else "")
-                     + (f", last snapshot {_when(db.get('last_snapshot_ms'))}" if db.get("last_snapshot_ms") else ""))
-        if db.get("error"):
-            lines.append(f"  error: {db['error']}")
+        state = ("replicating" if db.get("replicating") else "starting or retrying") if db.get("running") \
+            else "not running"
+        line = (f"{db['path']}: {state}, generation {db.get('generation') or '-'}, txid {db.get('txid') or '-'}, "
+                f"backlog {_size(db.get('spool_backlog_bytes'))}")
+        if db.get("running"):
+            line += f", WAL {_size(db.get('wal_bytes'))}, last snapshot {_when(db.get('last_snapshot_time'))}"
+        lines.append(line)
+        if db.get("last_error"):
+            lines.append(f"  error: {db['last_error']}")
         for r in db.get("replicas", []):
+            txid, mine = r.get("replicated_txid") or 0, db.get("txid") or 0
             behind = ""
-            if db.get("txid") and r.get("txid") and r.get("generation") == db.get("generation"):
-                behind = f", {db['txid'] - r['txid']} txid(s) behind" if r["txid"] < db["txid"] else ", caught up"
+            if txid and mine and r.get("generation") == db.get("generation"):
+                behind = f", {mine - txid} txid(s) behind" if txid < mine else ", caught up"
             if r.get("lag_seconds") is not None:
                 behind += f", lag {r['lag_seconds']:.3f}s"
-            lines.append(f"  {r['name']} {r['url']}: txid {r.get('txid') or '-'}{behind}, "
-                         f"last upload {_when(r.get('last_upload_ms'))}"
-                         + (f", error: {r['error']}" if r.get("error") else ""))
+            if r.get("backlog_bytes"):
+                behind += f", backlog {_size(r['backlog_bytes'])}"
+            lines.append(f"  {r['name']} {r['url']}: txid {txid or '-'}{behind}, "
+                         f"last upload {_when(r.get('last_upload_time'))}"
+                         + (f", error: {r['last_error']}" if r.get("last_error") else ""))
     return "\n".join(lines) if lines else "(no databases)"

@@ -63,7 +63,8 @@ def test_sync_wait_ships_past_a_long_sync_interval(tmp_path):
     assert st.returncode == 0, st.stderr
     [entry] = json.loads(st.stdout)
     assert entry["running"] is True and entry["path"] == str(db)
-    assert entry["replicas"][0]["txid"] == entry["txid"] > 0
+    assert entry["replicas"][0]["replicated_txid"] == entry["txid"] > 0
+    assert entry["replicating"] is True and entry["replicas"][0]["lag_seconds"] == 0
     human = cli("status", "-c", config)
     assert "replicating" in human.stdout and "caught up" in human.stdout, human.stdout
 
@@ -79,7 +80,7 @@ def test_sync_wait_ships_past_a_long_sync_interval(tmp_path):
     assert offline.returncode == 0, offline.stderr
     [entry2] = json.loads(offline.stdout)
     assert entry2["running"] is False
-    assert entry2["txid"] == entry["txid"] == entry2["replicas"][0]["txid"]  # a snapshot takes no txid
+    assert entry2["txid"] == entry["txid"] == entry2["replicas"][0]["replicated_txid"]  # a snapshot takes no txid
     conn.close()
 
 
@@ -92,7 +93,7 @@ def test_sync_without_a_running_replicator_ships_by_itself(tmp_path):
     assert "on 1/1 replica(s)" in synced.stdout
     assert _restored_hash(tmp_path, "b.db") == content_hash(db)
     st = json.loads(cli("status", db, "-c", config, "--json").stdout)
-    assert st[0]["running"] is False and st[0]["replicas"][0]["txid"] == st[0]["txid"]
+    assert st[0]["running"] is False and st[0]["replicas"][0]["replicated_txid"] == st[0]["txid"]
     conn.close()
 
 
