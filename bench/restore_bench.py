@@ -245,7 +245,7 @@ def _compacted_restore(ctx: Context, tool: Tool, src: Path, replica: Path, d: Pa
         if done.returncode != 0:
             say(f"  compact failed: {done.stderr.strip()[-300:]}")
             break
-        line = next((ln for ln in done.stderr.splitlines() if "compact file://" in ln), "")
+        line = next((ln for ln in done.stderr.splitlines() if "objects before" in ln), "")
         summary = summary or line.split(": ", 1)[-1]
         if first_s is None:
             first_s = secs

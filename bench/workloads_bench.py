@@ -35,7 +35,7 @@ def _compact(tool, db: Path, replica, d: Path) -> dict:
         done = subprocess.run([tool.exe, "compact", "--once", "-c", str(cfg)], capture_output=True, text=True)
         secs += time.perf_counter() - t0
         passes += 1
-        line = next((ln for ln in done.stderr.splitlines() if "compact " in ln and "built" in ln), "")
+        line = next((ln for ln in done.stderr.splitlines() if "objects before" in ln), "")
         if done.returncode != 0 or " built 0 " in line or not line:
             break
     return {"passes": passes, "compact_s": secs}
