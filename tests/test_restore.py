@@ -106,3 +106,23 @@ def test_output_hashes_what_it_writes(tmp_path):
         assert out.checksum ^ out.holes_checksum(3, PS, "k") == expected.value
     finally:
         os.close(fd)
+
+
+def test_a_restored_file_is_owner_only_unless_it_replaces_one(tmp_path):
+    """A new restore is 0600 (it holds a whole database); one that replaces a file keeps that
+    file's mode; no temp file is left either way."""
+    import os
+    import stat
+
+    from replicator.restore import restore
+
+    storage, _ = build([(4, [(1, page(1))])])
+    fresh = tmp_path / "fresh.db"
+    restore(storage, fresh, verify=False)
+    assert stat.S_IMODE(os.stat(fresh).st_mode) == 0o600
+    shared = tmp_path / "shared.db"
+    shared.write_bytes(b"old")
+    os.chmod(shared, 0o640)
+    restore(storage, shared, force=True, verify=False)
+    assert stat.S_IMODE(os.stat(shared).st_mode) == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh.db", "shared.db"]

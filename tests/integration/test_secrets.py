@@ -32,13 +32,14 @@ def test_no_command_shows_a_secret_and_no_object_holds_one(tmp_path: Path, moto_
     list(conn.execute("PRAGMA journal_mode=wal; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)"))
     config = tmp_path / "replicator.yml"
     config.write_text(
-        f"access-key-id: {ACCESS_KEY}\nsecret-access-key: {SECRET}\n"
+        f"addr: 127.0.0.1:0\naccess-key-id: {ACCESS_KEY}\nsecret-access-key: {SECRET}\n"
         f"dbs:\n  - path: {db}\n    replicas:\n      - type: s3\n        bucket: {bucket}\n        path: app\n"
         f"        endpoint: {moto_server.endpoint}\n        region: {moto_server.region}\n"
         "        force-path-style: true\n        sync-interval: 100ms\n")
     config.chmod(0o600)
     bad = tmp_path / "unreachable.yml"
-    bad.write_text(config.read_text().replace(moto_server.endpoint, "http://127.0.0.1:9"))
+    bad.write_text(config.read_text().replace(moto_server.endpoint, "http://127.0.0.1:9").replace(
+        "addr: 127.0.0.1:0\n", ""))
     bad.chmod(0o600)
     url = f"s3://{bucket}/app?endpoint={moto_server.endpoint}&region={moto_server.region}"
     outputs = []
@@ -51,6 +52,13 @@ def test_no_command_shows_a_secret_and_no_object_holds_one(tmp_path: Path, moto_
     outputs.append(_run("sync", "-c", config))
     outputs.append(_run("status", "-c", config, "--json"))
     outputs.append(_run("status", "-c", config))
+    import re
+    import urllib.request
+
+    metrics_url = re.search(r"serving metrics on (http://\S+/metrics)", log.read_text()).group(1)
+    scraped = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    assert "replicator_" in scraped
+    outputs.append(scraped)
     outputs.append(_run("snapshot", db, "-c", config, "--name", "pre-migration"))
     assert stop(proc) == 0, log.read_text()[-2000:]
     outputs.append(log.read_text())
