@@ -153,7 +153,7 @@ def test_a_second_pass_at_the_same_time_has_nothing_left_to_do(tmp_path, replica
     policy = Policy(retention_s=12 * 3600, snapshot_ratio=0.5, min_snapshot_history_bytes=0)
     comp = Compactor(storage, policy, clock_ns=lambda: h.end_ns)
     comp.run_pass()
-    for _ in range(3):  # syntheses are bounded per pass: a few passes finish the work
+    for _ in range(8):  # syntheses are bounded per pass: a few passes finish the work
         comp.run_pass()
     plan, _ = comp.plan()
     comp.release()
