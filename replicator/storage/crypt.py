@@ -39,36 +39,30 @@ _SIZES_KEPT = 256  # plaintext sizes remembered from opens (restore opens, then 
 _MISSING_IDENTITY_HINT = "pass --age-identity FILE, or give the replica's age.identities in the config"
 
 
-def parse_identities(text: str) -> list[x25519.Identity]:
-    """age identity file text (one AGE-SECRET-KEY-1... a line, '#' comments) -> identities.
-    Errors never echo the text: it is a secret."""
+def _parse_keys(text: str, parse, error: type, what: str, form: str) -> list:
+    """One key a line ('#' comments, blank lines skipped); errors name the line, never its text
+    (an identity is a secret)."""
     out = []
     for n, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         try:
-            out.append(x25519.Identity.from_str(line))
-        except pyrage.IdentityError:
-            raise ValueError(f"line {n} is not an age X25519 identity (AGE-SECRET-KEY-1...)") from None
+            out.append(parse(line))
+        except error:
+            raise ValueError(f"line {n} is not an age X25519 {what} ({form})") from None
     if not out:
-        raise ValueError("holds no age identity")
+        raise ValueError(f"holds no age {what}")
     return out
+
+
+def parse_identities(text: str) -> list[x25519.Identity]:
+    """age identity file text (one AGE-SECRET-KEY-1... a line) -> identities."""
+    return _parse_keys(text, x25519.Identity.from_str, pyrage.IdentityError, "identity", "AGE-SECRET-KEY-1...")
 
 
 def parse_recipients(text: str) -> list[x25519.Recipient]:
-    out = []
-    for n, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        try:
-            out.append(x25519.Recipient.from_str(line))
-        except pyrage.RecipientError:
-            raise ValueError(f"line {n} is not an age X25519 recipient (age1...)") from None
-    if not out:
-        raise ValueError("holds no age recipient")
-    return out
+    return _parse_keys(text, x25519.Recipient.from_str, pyrage.RecipientError, "recipient", "age1...")
 
 
 def fingerprint(recipient: str) -> str:
