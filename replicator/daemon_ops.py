@@ -12,7 +12,7 @@ from typing import Any
 
 from . import control, layout
 from .config import DbConfig
-from .errors import ReplicatorError
+from .errors import ConfigError, ReplicatorError
 from .replication import DbReplicator
 from .spool import Spool
 from .status import redact
@@ -125,6 +125,9 @@ def _ask(spool: Spool, request: dict[str, Any], timeout_s: float) -> Any | None:
 
 
 def _alone(db: DbConfig) -> DbReplicator:
+    if not db.replicas:
+        raise ConfigError(f"no replicas configured for {db.path} and no replicator runs for it",
+                          "pass -c CONFIG, or start `replicator run`")
     rep = DbReplicator(db)
     rep.open()
     return rep

@@ -114,3 +114,11 @@ def test_sync_of_an_unreachable_replica_fails_in_one_line(tmp_path):
     assert "behind:" in synced.stdout and "s3cr3t-value" not in synced.stdout + synced.stderr
     stop(proc)
     conn.close()
+
+
+def test_sync_of_a_database_with_no_replicas_and_no_daemon_is_one_line(tmp_path):
+    db, conn, _ = _setup(tmp_path, "1s")
+    synced = cli("sync", db, "--timeout", "3")
+    assert synced.returncode == 2 and "Traceback" not in synced.stderr
+    assert synced.stderr.startswith("error: no replicas configured for"), synced.stderr
+    conn.close()
