@@ -15,10 +15,11 @@ import logging
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, BinaryIO, Iterable, Iterator
+from typing import Any, BinaryIO, Iterable, Iterator, Sequence
 from urllib.parse import urlsplit
 
 import botocore.exceptions as bce
+import botocore.loaders
 import botocore.session
 import urllib3.exceptions
 from botocore.config import Config
@@ -171,6 +172,44 @@ _loader_lock = threading.Lock()
 _loader: Any = None
 
 
+class _ServiceNames(Sequence[str]):
+    """The services a loader has models of, for `in` alone without listing them all."""
+
+    def __init__(self, loader: "_Loader", type_name: str):
+        self._loader, self._type_name = loader, type_name
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+            return False
+        try:
+            return bool(self._loader.list_api_versions(name, self._type_name))
+        except bce.DataNotFoundError:
+            return False
+
+    def _all(self) -> list[str]:
+        return self._loader.all_services(self._type_name)
+
+    def __getitem__(self, i: Any) -> Any:
+        return self._all()[i]
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
+class _Loader(botocore.loaders.Loader):
+    """botocore's model loader, minus a cost paid by every process: before loading a model
+    it lists every service it has (~450 directories, ~2700 stats and ~900 listdirs: 60 ms
+    warm, ~200 ms from a cold cache, a tenth of a small restore) only to check that the one
+    asked for is among them. Here that check looks in the named service's directory; the
+    whole list is still built when something iterates it."""
+
+    def list_available_services(self, type_name: str) -> Sequence[str]:  # type: ignore[override]
+        return _ServiceNames(self, type_name)
+
+    def all_services(self, type_name: str) -> list[str]:
+        return botocore.loaders.Loader.list_available_services(self, type_name)
+
+
 def _session() -> botocore.session.Session:
     """A fresh botocore session (so the environment and credential chain are read now) that
     shares the parsed API models: loading those costs ~0.2 s per session."""
@@ -178,9 +217,9 @@ def _session() -> botocore.session.Session:
     session = botocore.session.Session()
     with _loader_lock:
         if _loader is None:
-            _loader = session.get_component("data_loader")
-        else:
-            session.register_component("data_loader", _loader)
+            default = session.get_component("data_loader")  # honours AWS_DATA_PATH
+            _loader = _Loader(extra_search_paths=default.search_paths, include_default_search_paths=False)
+        session.register_component("data_loader", _loader)
     return session
 
 
