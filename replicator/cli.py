@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import logging
 import os
@@ -56,7 +57,13 @@ def cli(verbose: bool) -> None:
 
 
 def main() -> None:
-    cli(prog_name="replicator")
+    try:
+        cli(prog_name="replicator")
+    finally:
+        # The interpreter's exit would garbage-collect every object still alive (botocore's
+        # parsed models above all): 0.2 s of a 1 s restore, measured, for memory the process
+        # is about to give back whole. Files and sockets are closed by then or by refcount.
+        gc.freeze()
 
 
 # -- helpers --------------------------------------------------------------------------
