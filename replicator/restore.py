@@ -99,13 +99,18 @@ def restore(storage: Storage, output: str | os.PathLike, target: Target = Target
         raise OutputExists(f"output file {out} already exists", "use --force to overwrite it")
     if not out.parent.is_dir():
         raise RestoreError(f"output directory {out.parent} does not exist")
-    replica_meta.check_readable(storage)  # a missing or needless age identity: one line
+    with cf.ThreadPoolExecutor(1) as pool:  # two requests at once: replica.json and the LIST
+        checked = pool.submit(replica_meta.check_readable, storage)
+        try:
+            first_listing = layout.parse_listing(storage.list(layout.GENERATIONS))
+        finally:
+            checked.result()  # a missing or needless age identity: its one line comes first
     if mode is None:
         mode = (out.stat().st_mode & 0o7777) if out.exists() else NEW_FILE_MODE
     tmp = out.with_name(f".{out.name}.restoring-{secrets.token_hex(8)}")
     try:
         for attempt in (1, 2):
-            listing = layout.parse_listing(storage.list(layout.GENERATIONS))
+            listing = first_listing if attempt == 1 else layout.parse_listing(storage.list(layout.GENERATIONS))
             plan = plan_restore(listing, target, now_ns())
             try:
                 result = _apply(storage, plan, tmp, parallelism, _Tally(plan.download_bytes, progress))
@@ -263,7 +268,9 @@ def _apply(storage: Storage, plan: Plan, tmp: Path, parallelism: int,
                     if pgno <= cut and pgno not in written:
                         out.write(pgno, page, len(page))
         with storage.open(snap.key) as f:
-            size = storage.stat(snap.key).size
+            # The listed size is the object's own, unless a layer seals objects (then the
+            # plaintext's size is known once it is opened): no HEAD request for it.
+            size = storage.stat(snap.key).size if replica_meta.sealing(storage) else snap.size
             reader = SnapshotReader(_CountingReader(f, tally) if tally is not None else f, snap.key, size)
             ps = reader.header.page_size
             if seg_ps is not None and seg_ps != ps:
