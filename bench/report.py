@@ -510,7 +510,8 @@ def _workloads(wl: dict) -> list[str]:
     out = ["", f"## 8. Issue 14's workloads: {wl['seconds']:g} s of writes, then restore the latest state", "",
            "Each tool with default settings; the replicator's replica after `replicator compact --once` passes until "
            "one builds nothing (as the compactor leaves it in production). Cold restores (page cache dropped), "
-           "output fsynced and checked against the source.", ""]
+           "output fsynced and checked against the source; the median of each tool's runs (all runs in the "
+           "raw results).", ""]
     cases = list(dict.fromkeys(r["case"] for r in wl["rows"]))
     rows = []
     for case in cases:
