@@ -101,8 +101,13 @@ def exported(tmp_path_factory) -> set[str]:
         try:
             for _ in range(20):
                 conn.execute("INSERT INTO t(v) VALUES (?)", (b"d" * 500,))
-            wait_for(lambda: value(samples(scrape(run_port)), "replicator_checkpoints_total", db=str(db)),
-                     20, "a checkpoint")
+            # Each conditional metric appears on its own event: wait for every one of them,
+            # since under load the checkpoint can come before the first upload.
+            def present() -> bool:
+                got = samples(scrape(run_port))
+                return bool(value(got, "replicator_checkpoints_total", db=str(db))) and \
+                    value(got, "replicator_last_upload_timestamp_seconds", db=str(db), replica="file") is not None
+            wait_for(present, 30, "a checkpoint and an upload")
             write_record(str(db), record(True, "file", 3, None))
             got = names(samples(scrape(run_port)))
         finally:

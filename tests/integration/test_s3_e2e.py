@@ -356,11 +356,18 @@ def test_second_replicator_on_the_same_replica_is_refused(tmp_path: Path, moto_s
     # A clean stop releases the lease, and then B may start.
     assert stop(rep_a) == 0, log_a.read_text()[-3000:]
     assert "lease.json" not in bucket_objects(moto_server, opts)
+    first_run_end = len(log_b.read_text())
     rep_b = start_replicator(["run", "-c", str(cfg_b)], log_b)
     # B's history from while it waited ships now: its first run's generation, resumed (the
     # file is what that run saved, page for page), not a third one.
     wait_for(lambda: len(generations(bucket_objects(moto_server, opts))) == 2, 30,
              "B's generation in the bucket")
+    # The shippers send what the spool holds from their start, so the generation may reach
+    # the bucket before the worker has logged its resume proof: wait for that line too.
+    def second_run() -> str:
+        return log_b.read_text()[first_run_end:]
+    wait_for(lambda: "resuming generation" in second_run() or "a new generation" in second_run()
+             or rep_b.poll() is not None, 30, "B's second run to resume or to start anew")
     assert rep_b.poll() is None
-    assert "resuming generation" in log_b.read_text(), log_b.read_text()[-3000:]
+    assert "resuming generation" in second_run(), second_run()[-3000:]
     assert stop(rep_b) == 0, log_b.read_text()[-3000:]
