@@ -169,8 +169,10 @@ class Daemon:
         except ReplicatorError as err:
             log.error("reload refused, still running the previous config: %s", err)
             return
-        if config.exec != self.config.exec:
-            log.warning("reload: exec changed; it takes effect when replicator is restarted")
+        # Keys bound at start-up (the child, the metrics listener): said, never silently kept.
+        for key, old, now in (("exec", self.config.exec, config.exec), ("addr", self.config.addr, config.addr)):
+            if old != now:
+                log.warning("reload: %s changed; it takes effect when replicator is restarted", key)
         self.reload(config)
 
     def reload(self, config: Config) -> None:

@@ -103,6 +103,21 @@ def test_a_database_that_cannot_be_opened_yet_starts_once_it_can(tmp_path, monke
     conn_b.close()
 
 
+def test_a_reload_names_the_keys_that_wait_for_a_restart(caplog):
+    from replicator.config import ListenAddr
+
+    daemon = Daemon(Config(dbs=(), addr=ListenAddr("127.0.0.1", 9090)))
+    with caplog.at_level(logging.INFO):
+        daemon._reload(lambda: Config(dbs=(), addr=ListenAddr("127.0.0.1", 9091), exec="app"), None)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == ["reload: exec changed; it takes effect when replicator is restarted",
+                      "reload: addr changed; it takes effect when replicator is restarted"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        daemon._reload(lambda: Config(dbs=(), addr=ListenAddr("127.0.0.1", 9091), exec="app"), None)
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]  # nothing changed now
+
+
 # -- run as a real process: SIGHUP reloads, --exec, --restore-if-db-not-exists -------------
 
 import signal  # noqa: E402
