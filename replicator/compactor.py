@@ -104,9 +104,17 @@ class Compactor:
             last_error=self.last_error, requests=request_counts(self.storage))
 
     def plan(self) -> tuple[CompactionPlan, int]:
-        """One LIST, then the pure plan; (plan, objects listed)."""
+        """One LIST, then the pure plan, cut to what this compactor can do; (plan, objects
+        listed). With recipients only (no age identity) that is deletions: merges and
+        snapshots read bodies. `--dry-run` prints this same plan, so it never lists work the
+        pass would skip."""
         objects = list(self.storage.list(layout.GENERATIONS))
-        return retain(layout.parse_listing(objects), self.policy, self.clock_ns()), len(objects)
+        plan = retain(layout.parse_listing(objects), self.policy, self.clock_ns())
+        if (plan.merges or plan.syntheses or plan.covered) and not replica_meta.can_decrypt(self.storage):
+            log.info("compact %s: no age identity, so deletions only (merges and snapshots "
+                     "need one)", self.storage.url)
+            plan = dataclasses.replace(plan, merges=(), syntheses=(), covered=())
+        return plan, len(objects)
 
     def run_pass(self, dry_run: bool = False) -> PassSummary:
         if dry_run:
@@ -155,12 +163,6 @@ class Compactor:
             replica_meta.check_writable(self.storage)  # never mixes plaintext and ciphertext
         plan, summary.objects_before = self.plan()
         summary.earliest_ns = plan.earliest_ns
-        if not replica_meta.can_decrypt(self.storage) and not plan.empty:
-            # Recipients only: deletions need no key, merges and snapshots read bodies.
-            if plan.merges or plan.syntheses or plan.covered:
-                log.info("compact %s: no age identity, so deletions only (merges and snapshots "
-                         "need one)", self.storage.url)
-            plan = dataclasses.replace(plan, merges=(), syntheses=(), covered=())
         if dry_run:
             summary.deleted, summary.deleted_bytes = len(plan.deletions), plan.deleted_bytes
             summary.merged_inputs = sum(len(m.inputs) for m in plan.merges) + sum(len(c.covered) for c in plan.covered)
