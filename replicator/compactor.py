@@ -57,6 +57,7 @@ class PassSummary:
     earliest_ns: int | None = None
     seconds: float = 0.0
     dry_run: bool = False
+    plan_lines: tuple[str, ...] = ()  # with dry_run: what the pass would do, a line an action
 
     def line(self) -> str:
         from .durations import format_timestamp
@@ -164,6 +165,7 @@ class Compactor:
         plan, summary.objects_before = self.plan()
         summary.earliest_ns = plan.earliest_ns
         if dry_run:
+            summary.plan_lines = tuple(describe_plan(plan))
             summary.deleted, summary.deleted_bytes = len(plan.deletions), plan.deleted_bytes
             summary.merged_inputs = sum(len(m.inputs) for m in plan.merges) + sum(len(c.covered) for c in plan.covered)
             summary.merged_outputs, summary.snapshots = len(plan.merges), len(plan.syntheses)
@@ -286,11 +288,10 @@ class Scheduler:
 
     def _one(self, comp: Compactor, dry_run: bool, emit: Callable[[str], None]) -> bool:
         try:
-            if dry_run:
-                plan, _ = comp.plan()
-                for line in describe_plan(plan) or ["nothing to do"]:
-                    emit(f"{comp.storage.url}: {line}")
             summary = comp.run_pass(dry_run=dry_run)
+            if dry_run:  # the plan of that pass itself: one LIST
+                for line in summary.plan_lines or ("nothing to do",):
+                    emit(f"{comp.storage.url}: {line}")
         except ReplicatorError as err:
             log.error("compact %s: %s", comp.storage.url, err)
             return False
