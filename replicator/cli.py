@@ -15,9 +15,9 @@ from typing import Any, Callable
 
 import click
 
-from . import __version__, config as config_mod, layout, logs, progress
-from .config import Config, DbConfig, ReplicaConfig
-from .durations import format_timestamp, parse_duration, parse_timestamp
+from . import __version__, config as config_mod, layout, logs, progress, resolve
+from .config import Config, DbConfig
+from .durations import format_timestamp, parse_duration
 from .errors import ConfigError, NothingToRestore, OutputExists, ReplicatorError
 from .formats import format_listing, format_result, listing_doc, result_doc
 from .plan import Target
@@ -69,64 +69,9 @@ def main() -> None:
 # -- helpers --------------------------------------------------------------------------
 
 
-def _load_config(path: str | None, required: bool) -> Config | None:
-    if path is None:
-        if not required and not os.path.exists(config_mod.DEFAULT_CONFIG_PATH):
-            return None
-        path = config_mod.DEFAULT_CONFIG_PATH
-    cfg = config_mod.load(path)
-    _setup_logging(False, cfg)
-    return cfg
-
-
-def _find_db(cfg: Config | None, db: str) -> DbConfig | None:
-    if cfg is None:
-        return None
-    want = str(Path(db).absolute())
-    return next((d for d in cfg.dbs if d.path == want), None)
-
-
-def _resolve_replica(target: str, config_path: str | None, replica_name: str | None) -> tuple[ReplicaConfig, DbConfig | None]:
-    """A replica URL, a replica directory, or a database path looked up in the config."""
-    if "://" in target:
-        cfg = _load_config(config_path, required=False)
-        for d in cfg.dbs if cfg else ():
-            for r in d.replicas:  # reuse the config's endpoint/credentials for the same URL
-                if r.url.rstrip("/") == target.rstrip("/"):
-                    return r, d
-        return config_mod.replica_from_url(target), None
-    p = Path(target)
-    if p.is_dir() and ((p / layout.REPLICA_META).exists() or (p / "generations").is_dir()):
-        return config_mod.replica_from_url(str(p.absolute())), None
-    cfg = _load_config(config_path, required=False)
-    db = _find_db(cfg, target)
-    if db is None:
-        if cfg is None:
-            raise ConfigError(f"{target} is not a replica directory and no config names it as a database",
-                              "pass -c CONFIG, or a replica URL such as file:///backups/app or s3://bucket/app")
-        raise ConfigError(f"no database {target} in {cfg.source}",
-                          "pass a replica URL such as file:///backups/app or s3://bucket/app")
-    if replica_name is None:
-        return db.replicas[0], db
-    for r in db.replicas:
-        if r.name == replica_name:
-            return r, db
-    raise ConfigError(f"{target} has no replica named {replica_name!r}",
-                      "names: " + ", ".join(r.name for r in db.replicas))
-
-
 def _age_identity_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--age-identity", "age_identities", multiple=True, metavar="FILE",
                         help="An age identity file to decrypt an encrypted replica (repeatable).")(fn)
-
-
-def _with_identities(replica: ReplicaConfig, files: tuple[str, ...]) -> ReplicaConfig:
-    """The replica with --age-identity files as its age identities (recipients kept)."""
-    if not files:
-        return replica
-    texts = tuple(config_mod.read_age_identity_file(f) for f in files)
-    recipients = replica.age.recipients if replica.age else ()
-    return config_mod.dataclasses.replace(replica, age=config_mod.AgeConfig(identities=texts, recipients=recipients))
 
 
 def _run_daemon(config: Config, supervised: bool, config_path: str | None = None,
@@ -141,9 +86,8 @@ def _run_daemon(config: Config, supervised: bool, config_path: str | None = None
     _setup_logging(False, config)
     check_paths(config)
     def reload_config() -> Config:
-        cfg = config_mod.load(str(config_path))
-        _setup_logging(False, cfg)  # a reload may change `logging:` (and the secrets to redact)
-        return cfg
+        # A reload may change `logging:` (and the secrets to redact): applied with the load.
+        return resolve.config_at(str(config_path))
 
     load = reload_config if config_path else None
     daemon: Daemon | None = None  # read at each scrape: a reload replaces its replicators
@@ -179,7 +123,7 @@ _RESTORE_HELP = "Restore a missing database from its first replica before replic
 @handle_errors
 def run(config_path: str, exec_command: str | None, restore_missing: bool) -> None:
     """Replicate every database in the config until SIGTERM/SIGINT; SIGHUP reloads it."""
-    _run_daemon(config_mod.load(config_path), supervised=True, config_path=config_path,
+    _run_daemon(resolve.config_at(config_path), supervised=True, config_path=config_path,
                 exec_command=exec_command, restore_missing=restore_missing)
 
 
@@ -193,19 +137,8 @@ def replicate(db: str, urls: tuple[str, ...], restore_missing: bool) -> None:
     if restore_missing:
         from .daemon import restore_if_missing
 
-        restore_if_missing(_adhoc_db(db, urls, must_exist=False))
-    _run_daemon(Config(dbs=(_adhoc_db(db, urls),)), supervised=False)
-
-
-def _adhoc_db(db: str, urls: tuple[str, ...], must_exist: bool = True) -> DbConfig:
-    replicas = []
-    for i, url in enumerate(urls):
-        r = config_mod.replica_from_url(url)
-        replicas.append(config_mod.dataclasses.replace(r, name=f"{r.type}{i}" if i else r.type))
-    path = str(Path(db).absolute())
-    if must_exist and not os.path.exists(path):
-        raise ConfigError(f"database not found: {path}")
-    return DbConfig(path=path, replicas=tuple(replicas))
+        restore_if_missing(resolve.adhoc_db(db, urls, must_exist=False))
+    _run_daemon(Config(dbs=(resolve.adhoc_db(db, urls),)), supervised=False)
 
 
 def _progress_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -219,19 +152,6 @@ def _json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _echo_json(doc: Any) -> None:
     click.echo(json.dumps(doc, indent=2, sort_keys=True))
-
-
-def _target(timestamp: str | None, txid: int | None, snapshot_name: str | None = None) -> Target:
-    given = [opt for opt, v in (("--timestamp", timestamp), ("--txid", txid), ("--snapshot", snapshot_name))
-             if v is not None]
-    if len(given) > 1:
-        raise ConfigError(f"give {' or '.join(given)}, not both" if len(given) == 2 else "give one of "
-                          "--timestamp, --txid and --snapshot")
-    try:
-        time_ns = parse_timestamp(timestamp) if timestamp else None
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    return Target(txid, time_ns, snapshot_name)
 
 
 @cli.command()
@@ -259,9 +179,9 @@ def restore(target: str, output: str | None, timestamp: str | None, txid: int | 
     """Restore TARGET (a database path or a replica URL) as of a point in time."""
     from .restore import preview, restore as do_restore
 
-    point = _target(timestamp, txid, snapshot_name)
-    replica, db = _resolve_replica(target, config_path, replica_name)
-    replica = _with_identities(replica, age_identities)
+    point = resolve.target_of(timestamp, txid, snapshot_name)
+    replica, db = resolve.replica(target, config_path, replica_name)
+    replica = resolve.with_identities(replica, age_identities)
     if output is None and db is not None:
         output = db.path
     if output is None and not dry_run:
@@ -351,7 +271,7 @@ def verify(target: str | None, timestamp: str | None, txid: int | None, against:
     """
     from .verify import verify as do_verify
 
-    point = _target(timestamp, txid)
+    point = resolve.target_of(timestamp, txid)
     if against is not None and point != Target():
         raise ConfigError("--against verifies at the live database's transaction: drop --timestamp/--txid")
     if target is None:
@@ -359,9 +279,9 @@ def verify(target: str | None, timestamp: str | None, txid: int | None, against:
             raise ConfigError("verify needs TARGET (a database or replica URL) or -c CONFIG")
         if against is not None:
             raise ConfigError("--against goes with TARGET (with -c, every database is its own)")
-        _verify_config(config_mod.load(config_path), point, replica_name, as_json, show_progress)
+        _verify_config(resolve.config_at(config_path), point, replica_name, as_json, show_progress)
         return
-    replica = _with_identities(_resolve_replica(target, config_path, replica_name)[0], age_identities)
+    replica = resolve.with_identities(resolve.replica(target, config_path, replica_name)[0], age_identities)
     with progress.bar("verify", progress.wanted(show_progress)) as report:
         result = do_verify(open_storage(replica), replica.url, point,
                            against=str(Path(against).absolute()) if against else None,
@@ -380,7 +300,6 @@ def _verify_config(cfg: Config, point: Target, replica_name: str | None, as_json
     broken second copy); one verify.json per database: ok only if every replica is."""
     from .verify import record, verify as do_verify, write_record
 
-    _setup_logging(False, cfg)
     if replica_name is not None and not any(r.name == replica_name for d in cfg.dbs for r in d.replicas):
         raise ConfigError(f"no replica named {replica_name!r} in {cfg.source}")
     docs, failed = [], []
@@ -447,9 +366,9 @@ def snapshot(db: str, urls: tuple[str, ...], name: str | None, keep_for: str | N
         except ValueError:
             raise ConfigError(f"--keep-for: not a duration: {keep_for!r} (e.g. 90d, 720h)") from None
     if urls:
-        dbcfg: DbConfig | None = _adhoc_db(db, urls)
+        dbcfg: DbConfig | None = resolve.adhoc_db(db, urls)
     else:
-        dbcfg = _find_db(_load_config(config_path, required=False), db)
+        dbcfg = resolve.find_db(resolve.load_config(config_path, required=False), db)
     if dbcfg is None:
         raise ConfigError(f"no replicas configured for {db}", "pass -c CONFIG or replica URLs after DB")
     started = time.monotonic()
@@ -469,7 +388,7 @@ def _listing_command(kind: str):
     @handle_errors
     def command(target: str, replica_name: str | None, config_path: str | None, as_json: bool,
                 age_identities: tuple[str, ...] = ()) -> None:
-        replica = _with_identities(_resolve_replica(target, config_path, replica_name)[0], age_identities)
+        replica = resolve.with_identities(resolve.replica(target, config_path, replica_name)[0], age_identities)
         storage: Storage = open_storage(replica)
         listing = layout.parse_listing(storage.list(layout.GENERATIONS))
         if as_json:
@@ -497,7 +416,7 @@ for _kind in ("generations", "segments"):
 def snapshots(target: str, delete_name: str | None, replica_name: str | None, config_path: str | None,
               as_json: bool, age_identities: tuple[str, ...] = ()) -> None:
     """List the snapshots a replica holds (TARGET: database path or replica URL)."""
-    replica = _with_identities(_resolve_replica(target, config_path, replica_name)[0], age_identities)
+    replica = resolve.with_identities(resolve.replica(target, config_path, replica_name)[0], age_identities)
     storage: Storage = open_storage(replica)
     if delete_name is not None:
         from .compactor import forget_name
@@ -530,7 +449,7 @@ def compact(config_path: str, once: bool, dry_run: bool, addr_text: str | None) 
     from .compactor import Compactor, Scheduler
     from .retention import Policy
 
-    config = config_mod.load(config_path)
+    config = resolve.config_at(config_path)
     addr = metrics.compactor_addr(config.addr)
     if addr_text is not None:
         try:
@@ -550,15 +469,6 @@ def compact(config_path: str, once: bool, dry_run: bool, addr_text: str | None) 
         raise ReplicatorError("a compaction pass failed (see the log above)")
 
 
-def _dbs_of(dbs: tuple[str, ...], config_path: str | None) -> list[DbConfig]:
-    """The databases a status/sync names (all of the config's when none is named)."""
-    cfg = _load_config(config_path or (None if dbs else config_mod.DEFAULT_CONFIG_PATH), required=not dbs)
-    if not dbs:
-        assert cfg is not None
-        return list(cfg.dbs)
-    return [_find_db(cfg, d) or DbConfig(path=str(Path(d).resolve()), replicas=()) for d in dbs]
-
-
 @cli.command()
 @click.argument("dbs", nargs=-1)
 @click.option("-c", "--config", "config_path", help="Config file (default: /etc/replicator.yml when no DB is named).")
@@ -570,7 +480,7 @@ def status(dbs: tuple[str, ...], config_path: str | None, as_json: bool) -> None
     from .daemon_ops import status as db_status
     from .status_format import format_status
 
-    report = [db_status(db) for db in _dbs_of(dbs, config_path)]
+    report = [db_status(db) for db in resolve.dbs_of(dbs, config_path)]
     if as_json:
         import json
 
@@ -591,7 +501,7 @@ def sync(dbs: tuple[str, ...], config_path: str | None, wait: bool, timeout: flo
     from .daemon_ops import sync as db_sync
 
     lagging = []
-    for db in _dbs_of(dbs, config_path):
+    for db in resolve.dbs_of(dbs, config_path):
         answer = db_sync(db, wait, timeout)
         held = [name for name, ok in answer["replicas"].items() if ok]
         behind = [name for name, ok in answer["replicas"].items() if not ok]
